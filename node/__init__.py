@@ -1,0 +1,1 @@
+"""msession: one node (store, expiry, locks, commands, server)."""

@@ -1,0 +1,361 @@
+"""The msession contract, command by command (sans-I/O).
+
+``Node.execute(cmd, args, now)`` validates the arguments of one request and
+returns its result as a wire value (``bytes``, ``int``, ``bool``, list, map),
+raises ``CommandError`` with a protocol error name, or, for a lock that must be
+waited for, returns a ``LockWait`` that the I/O layer waits on (see
+``node/server.py``). Argument rules and results are documented in
+``protocol/PROTOCOL.md``; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from protocol.constants import PROTOCOL_VERSION, Cmd, Ctl, Err
+
+from . import store as st
+from .config import Config
+from .locks import LockTable, Waiter
+from .plugins import PluginManager
+
+SERVER_NAME = "msession"
+
+
+class CommandError(Exception):
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
+        self.code = int(Err[name])
+        self.message = message
+
+
+@dataclass(slots=True)
+class LockWait:
+    """SLOCK found the lock held: wait up to ``wait`` seconds on ``waiter``."""
+
+    sid: bytes
+    waiter: Waiter
+    wait: float
+
+
+# ----------------------------------------------------------------------------
+# Argument checking
+
+
+def _arity(args: list, lo: int, hi: int, usage: str) -> None:
+    if not lo <= len(args) <= hi:
+        raise CommandError("BADARG", f"usage: {usage}")
+
+
+def _bytes(value: Any, what: str, max_len: int | None = None, allow_empty: bool = True) -> bytes:
+    if type(value) is bytes:
+        out = value
+    elif type(value) is int:
+        out = str(value).encode()  # a number given where a string is expected
+    else:
+        raise CommandError("BADARG", f"{what} must be a string, not {_typename(value)}")
+    if not allow_empty and not out:
+        raise CommandError("BADARG", f"{what} must not be empty")
+    if max_len is not None and len(out) > max_len:
+        raise CommandError("BADARG", f"{what} is longer than {max_len} bytes")
+    return out
+
+
+def _int(value: Any, what: str, lo: int, hi: int) -> int:
+    if type(value) is bytes:
+        try:
+            value = int(value)
+        except ValueError:
+            raise CommandError("BADARG", f"{what} must be an integer") from None
+    elif type(value) is float and value.is_integer():
+        value = int(value)
+    if type(value) is not int:
+        raise CommandError("BADARG", f"{what} must be an integer, not {_typename(value)}")
+    if not lo <= value <= hi:
+        raise CommandError("BADARG", f"{what} must be between {lo} and {hi}, not {value}")
+    return value
+
+
+def _seconds_ms(value: Any, what: str, hi: float) -> float:
+    ms = _int(value, what, 0, int(hi * 1000))
+    return ms / 1000.0
+
+
+def _typename(value: Any) -> str:
+    return {bytes: "string", int: "integer", float: "float", bool: "boolean", list: "array", dict: "map", type(None): "nil"}.get(type(value), type(value).__name__)
+
+
+# ----------------------------------------------------------------------------
+
+
+class Node:
+    """One node's state and the contract's semantics."""
+
+    def __init__(self, config: Config, clock: Callable[[], float]):
+        self.config = config
+        self.clock = clock
+        self.store = st.Store(default_timeout=config.session_timeout)
+        self.locks = LockTable()
+        self.plugins = PluginManager()
+        self.plugins.load(config.plugins, config.plugin_options, self.store, clock)
+        self.stats = {"commands": 0, "errors": 0}
+        self._handlers: dict[int, Callable] = {
+            Cmd.CTL: self.ctl,
+            Cmd.SETVAL: self.setval,
+            Cmd.GETVAL: self.getval,
+            Cmd.CREATE: self.create,
+            Cmd.DROP: self.drop,
+            Cmd.GETALL: self.getall,
+            Cmd.FIND: self.find,
+            Cmd.COUNT: self.count,
+            Cmd.SLOCK: self.slock,
+            Cmd.SUNLOCK: self.sunlock,
+            Cmd.TIMEOUT: self.timeout,
+            Cmd.INC: self.inc,
+            Cmd.DATAGET: self.dataget,
+            Cmd.DATASET: self.dataset,
+            Cmd.LIST: self.list,
+            Cmd.LISTVAR: self.listvar,
+            Cmd.UNIQ: self.uniq,
+            Cmd.RANDSTR: self.randstr,
+            Cmd.PLUGIN: self.plugin,
+            Cmd.CALL: self.call,
+            Cmd.PING: self.ping,
+            Cmd.HELLO: self.hello,
+        }
+
+    def execute(self, cmd: int, args: list, now: float) -> Any:
+        handler = self._handlers.get(cmd)
+        if handler is None:
+            if cmd in (Cmd.FLUSH, Cmd.SERIALIZE, Cmd.RESTORE, Cmd.EXEC):
+                raise CommandError("UNKNOWN", f"command {Cmd(cmd).name} ({cmd}) is not supported by this server")
+            raise CommandError("UNKNOWN", f"unknown command {cmd}")
+        try:
+            return handler(args, now)
+        except st.StoreError as exc:
+            raise CommandError(exc.name, exc.message) from None
+
+    # -- helpers -------------------------------------------------------------
+
+    def _sid(self, value: Any) -> bytes:
+        return _bytes(value, "session id", self.config.max_id_len, allow_empty=False)
+
+    def _name(self, value: Any) -> bytes:
+        return _bytes(value, "variable name", self.config.max_name_len, allow_empty=False)
+
+    def _timeout(self, value: Any) -> int:
+        return _int(value, "timeout", 1, self.config.max_timeout)
+
+    # -- the contract ------------------------------------------------------------
+
+    def ping(self, args, now):
+        _arity(args, 0, 0, "PING")
+        return b"PONG"
+
+    def hello(self, args, now):
+        _arity(args, 1, 2, "HELLO version [{client info}]")
+        version = _int(args[0], "version", 0, 2**31)
+        if version != PROTOCOL_VERSION:
+            raise CommandError("BADVER", f"protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}")
+        return {
+            b"version": PROTOCOL_VERSION,
+            b"server": SERVER_NAME.encode(),
+            b"max_frame": self.config.max_frame,
+            b"now": int(now),
+        }
+
+    def count(self, args, now):
+        _arity(args, 0, 0, "COUNT")
+        return self.store.count(now)
+
+    def create(self, args, now):
+        _arity(args, 1, 3, "CREATE session [classname [data]]")
+        sid = self._sid(args[0])
+        classname = _bytes(args[1], "classname", self.config.max_name_len) if len(args) > 1 else b""
+        data = _bytes(args[2], "data") if len(args) > 2 else b""
+        return self.store.apply(st.Create(sid, self.store.version(now), classname, data), now)
+
+    def drop(self, args, now):
+        _arity(args, 1, 1, "DROP session")
+        return self.store.apply(st.Drop(self._sid(args[0]), self.store.version(now)), now)
+
+    def setval(self, args, now):
+        _arity(args, 2, 3, "SETVAL session name value | SETVAL session {name: value, ...}")
+        sid = self._sid(args[0])
+        if len(args) == 3:
+            pairs = {self._name(args[1]): _bytes(args[2], "value")}
+        elif type(args[1]) is dict:
+            pairs = {self._name(k): _bytes(v, "value") for k, v in args[1].items()}
+        else:
+            raise CommandError("BADARG", "SETVAL with two arguments takes a map of name => value")
+        return self.store.apply(st.SetVars(sid, self.store.version(now), pairs), now)
+
+    def getval(self, args, now):
+        _arity(args, 2, 3, "GETVAL session name [default]")
+        s = self.store.require(self._sid(args[0]), now)
+        var = s.vars.get(self._name(args[1]))
+        if var is not None:
+            return var[0]
+        return args[2] if len(args) > 2 else None
+
+    def getall(self, args, now):
+        _arity(args, 1, 1, "GETALL session")
+        return self.store.require(self._sid(args[0]), now).values()
+
+    def find(self, args, now):
+        _arity(args, 2, 2, "FIND name value")
+        name, value = self._name(args[0]), _bytes(args[1], "value")
+        out = []
+        for s in self.store.sessions(now):
+            var = s.vars.get(name)
+            if var is not None and var[0] == value:
+                out.append(s.sid)
+        return out
+
+    def list(self, args, now):
+        _arity(args, 0, 0, "LIST")
+        return [s.sid for s in self.store.sessions(now)]
+
+    def listvar(self, args, now):
+        _arity(args, 1, 1, "LISTVAR name")
+        name = self._name(args[0])
+        out = {}
+        for s in self.store.sessions(now):
+            var = s.vars.get(name)
+            if var is not None:
+                out[s.sid] = var[0]
+        return out
+
+    def inc(self, args, now):
+        _arity(args, 2, 3, "INC session name [delta]")
+        sid, name = self._sid(args[0]), self._name(args[1])
+        delta = _int(args[2], "delta", -(2**63), 2**63 - 1) if len(args) > 2 else 1
+        return self.store.apply(st.IncVar(sid, self.store.version(now), name, delta), now)
+
+    def dataget(self, args, now):
+        _arity(args, 1, 1, "DATAGET session")
+        return self.store.require(self._sid(args[0]), now).data
+
+    def dataset(self, args, now):
+        _arity(args, 2, 2, "DATASET session data")
+        sid, data = self._sid(args[0]), _bytes(args[1], "data")
+        return self.store.apply(st.SetData(sid, self.store.version(now), data), now)
+
+    def timeout(self, args, now):
+        _arity(args, 1, 2, "TIMEOUT session [seconds]")
+        sid = self._sid(args[0])
+        if len(args) == 1:
+            return self.store.require(sid, now).timeout
+        return self.store.apply(st.SetTimeout(sid, self.store.version(now), self._timeout(args[1])), now)
+
+    def ctl(self, args, now):
+        _arity(args, 1, 2, "CTL session [EXIST|TTL|AGE|TLA|CTIME|TOUCH|NOW]")
+        sid = self._sid(args[0])
+        which = Ctl.EXIST
+        if len(args) > 1:
+            raw = args[1]
+            if type(raw) is bytes and raw.upper().decode("ascii", "replace") in Ctl.__members__:
+                which = Ctl[raw.upper().decode()]
+            else:
+                which = Ctl(_int(raw, "which", 0, len(Ctl) - 1))
+        if which == Ctl.NOW:
+            return int(now)
+        s = self.store.get(sid, now, touch=which == Ctl.TOUCH)
+        if which == Ctl.EXIST:
+            return 1 if s is not None else 0
+        if s is None:
+            raise CommandError("NOSESSION", "no such session")
+        if which == Ctl.TTL:
+            return max(0, int(s.deadline - now))
+        if which == Ctl.AGE:
+            return int(now - s.ctime)
+        if which in (Ctl.TLA, Ctl.TOUCH):
+            return int(s.atime)
+        return int(s.ctime)  # CTIME
+
+    def uniq(self, args, now):
+        _arity(args, 1, 3, "UNIQ num_chars [classname [data]]")
+        length = _int(args[0], "num_chars", 1, self.config.max_uniq_len)
+        classname = _bytes(args[1], "classname", self.config.max_name_len) if len(args) > 1 else b""
+        data = _bytes(args[2], "data") if len(args) > 2 else b""
+        sid = self.store.new_id(length, now, taken=lambda s: self.locks.holder(s) != 0)
+        self.store.apply(st.Create(sid, self.store.version(now), classname, data), now)
+        return sid
+
+    def randstr(self, args, now):
+        _arity(args, 1, 1, "RANDSTR num_chars")
+        length = _int(args[0], "num_chars", 1, self.config.max_randstr_len)
+        return "".join(secrets.choice(st.ID_ALPHABET) for _ in range(length)).encode()
+
+    def slock(self, args, now):
+        _arity(args, 1, 3, "SLOCK session [wait_ms [lease_ms]]")
+        sid = self._sid(args[0])
+        wait, lease = self.config.lock_wait, self.config.lock_lease
+        if len(args) > 1 and args[1] is not None:
+            wait = _seconds_ms(args[1], "wait_ms", self.config.max_lock_wait)
+        if len(args) > 2 and args[2] is not None:
+            lease = _seconds_ms(args[2], "lease_ms", self.config.max_lock_lease)
+        if lease <= 0:
+            raise CommandError("BADARG", "lease_ms must be positive")
+        self.store.get(sid, now)  # a lock is an access
+        key = self.locks.try_acquire(sid, now, lease)
+        if key:
+            return key
+        if wait <= 0:
+            raise CommandError("LOCKED", "session is locked")
+        waiter = Waiter(lease)
+        self.locks.enqueue(sid, waiter)
+        return LockWait(sid, waiter, wait)
+
+    def sunlock(self, args, now):
+        _arity(args, 2, 2, "SUNLOCK session key")
+        sid = self._sid(args[0])
+        key = _int(args[1], "key", 0, 2**64 - 1)
+        granted = self.locks.release(sid, key, now)
+        self.wake(granted)
+        return key
+
+    def plugin(self, args, now):
+        _arity(args, 2, 3, "PLUGIN session val [param]")
+        sid = self._sid(args[0])
+        val = _bytes(args[1], "val")
+        param = _bytes(args[2], "param") if len(args) > 2 else b""
+        s = self.store.get(sid, now)
+        try:
+            result = self.plugins.escape(s, val, param)
+        except Exception as exc:
+            raise CommandError("UNKNOWN", f"plugin error: {type(exc).__name__}: {exc}") from None
+        if result is None:
+            if s is None:
+                raise CommandError("NOSESSION", "no such session")
+            raise CommandError("NOFN", f"no plugin answers {val!r}")
+        return result
+
+    def call(self, args, now):
+        _arity(args, 1, 5, "CALL fn_name [p1 [p2 [p3 [p4]]]]")
+        name = _bytes(args[0], "function name", allow_empty=False)
+        params = [_bytes(p, "parameter") for p in args[1:]]
+        try:
+            result = self.plugins.call(name, params)
+        except Exception as exc:
+            raise CommandError("UNKNOWN", f"plugin error: {type(exc).__name__}: {exc}") from None
+        if result is None:
+            raise CommandError("NOFN", f"no plugin function {name.decode('utf-8', 'replace')!r}")
+        return result
+
+    # -- time ----------------------------------------------------------------
+
+    def wake(self, granted: list[Waiter]) -> None:
+        for waiter in granted:
+            if waiter.handle is not None:
+                waiter.handle()
+
+    def housekeeping(self, now: float) -> float:
+        """Expires sessions and lock leases; returns when to run again."""
+        self.store.expire(now)
+        self.wake(self.locks.expire(now))
+        due = [t for t in (self.store.next_expiry(), self.locks.next_deadline()) if t is not None]
+        return min(due + [now + 1.0])

@@ -1,0 +1,117 @@
+"""Node configuration: defaults < TOML file < MSESSION_* environment < flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from protocol.constants import DEFAULT_MAX_FRAME, DEFAULT_PORT
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class Config:
+    bind: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    # Sessions
+    session_timeout: int = 1440  # seconds of inactivity, as PHP's session.gc_maxlifetime
+    max_timeout: int = 365 * 86400
+    max_id_len: int = 256
+    max_name_len: int = 1024
+    max_uniq_len: int = 256
+    max_randstr_len: int = 65536
+    # Locks
+    lock_wait: float = 30.0  # default wait when a locker gives none
+    max_lock_wait: float = 300.0
+    lock_lease: float = 30.0  # default lease, as PHP's max_execution_time
+    max_lock_lease: float = 3600.0
+    # Connections
+    max_connections: int = 10000
+    max_frame: int = DEFAULT_MAX_FRAME
+    idle_timeout: float = 600.0  # a connection with no request for this long is closed
+    frame_timeout: float = 10.0  # a frame started must complete within this
+    # Plugins
+    plugins: list[str] = field(default_factory=list)
+    plugin_options: dict[str, dict] = field(default_factory=dict)
+    log_level: str = "info"
+
+    def validate(self) -> "Config":
+        positive = [
+            "session_timeout", "max_timeout", "max_id_len", "max_name_len", "max_uniq_len",
+            "max_randstr_len", "lock_lease", "max_lock_lease", "max_connections", "max_frame",
+            "idle_timeout", "frame_timeout",
+        ]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535, not {self.port}")
+        if self.lock_wait < 0 or self.max_lock_wait < 0:
+            raise ConfigError("lock_wait and max_lock_wait must not be negative")
+        if self.session_timeout > self.max_timeout:
+            raise ConfigError("session_timeout must not exceed max_timeout")
+        if self.max_frame < 1024:
+            raise ConfigError("max_frame must be at least 1024 bytes")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
+        return self
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name not in FIELDS:
+        raise ConfigError(f"unknown option {name!r}")
+    default = FIELDS[name].default if FIELDS[name].default is not dataclasses.MISSING else FIELDS[name].default_factory()
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, list):
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return [str(v) for v in value]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {name!r}: cannot use {value!r}") from None
+
+
+def load(path: str | None = None, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for key, value in data.items():
+            values[key.replace("-", "_")] = _coerce(key.replace("-", "_"), value)
+    env = os.environ if env is None else env
+    for key, value in env.items():
+        if key.startswith("MSESSION_") and key not in ("MSESSION_NODE", "MSESSION_NODES", "MSESSION_CONFIG"):
+            name = key[len("MSESSION_"):].lower()
+            values[name] = _coerce(name, value)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value)
+    return Config(**values).validate()

@@ -1,0 +1,120 @@
+"""Session locks with FIFO waiters and leases (sans-I/O: the caller passes time).
+
+Theory of operation
+-------------------
+A lock belongs to a session id (not to the session record: a save handler may
+lock an id before the session is first written, and a session destroyed while
+locked stays locked until its holder unlocks). Taking a free lock returns a
+random non-zero key below 2**53 (exact in every client language) and sets a
+lease deadline. A locker that finds the lock held may queue a ``Waiter``;
+waiters are granted strictly in arrival order, when the holder unlocks or its
+lease runs out. ``release`` with a wrong key fails and keeps the lock.
+
+Every grant returns the ``Waiter`` objects that became holders, so the I/O
+layer can wake exactly those; nothing here blocks or sleeps.
+"""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+from collections import deque
+from typing import Any
+
+from .store import StoreError
+
+MAX_KEY = 2**53 - 1
+
+
+class Waiter:
+    __slots__ = ("lease", "key", "handle")
+
+    def __init__(self, lease: float, handle: Any = None):
+        self.lease = lease
+        self.key = 0  # set when granted
+        self.handle = handle  # for the I/O layer (e.g. a trio.Event)
+
+
+class _Lock:
+    __slots__ = ("key", "deadline", "waiters")
+
+    def __init__(self, key: int, deadline: float):
+        self.key = key
+        self.deadline = deadline
+        self.waiters: deque[Waiter] = deque()
+
+
+def _new_key() -> int:
+    return secrets.randbelow(MAX_KEY) + 1
+
+
+class LockTable:
+    def __init__(self):
+        self._locks: dict[bytes, _Lock] = {}
+        self._leases: list[tuple[float, bytes, int]] = []  # (deadline, sid, key), lazy
+        self.lease_expiries = 0
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    def holder(self, sid: bytes) -> int:
+        """The key holding ``sid``, or 0."""
+        lock = self._locks.get(sid)
+        return lock.key if lock else 0
+
+    def try_acquire(self, sid: bytes, now: float, lease: float) -> int:
+        """Takes the lock if free and nobody is queued; returns the key or 0."""
+        lock = self._locks.get(sid)
+        if lock is not None:
+            return 0
+        key = _new_key()
+        self._locks[sid] = _Lock(key, now + lease)
+        heapq.heappush(self._leases, (now + lease, sid, key))
+        return key
+
+    def enqueue(self, sid: bytes, waiter: Waiter) -> None:
+        lock = self._locks.get(sid)
+        if lock is None:
+            raise ValueError("enqueue on a free lock: call try_acquire first")
+        lock.waiters.append(waiter)
+
+    def cancel(self, sid: bytes, waiter: Waiter) -> None:
+        """Removes a waiter that gave up (no-op if it was granted meanwhile)."""
+        lock = self._locks.get(sid)
+        if lock is not None and waiter.key == 0:
+            try:
+                lock.waiters.remove(waiter)
+            except ValueError:
+                pass
+
+    def release(self, sid: bytes, key: int, now: float) -> list[Waiter]:
+        lock = self._locks.get(sid)
+        if lock is None:
+            raise StoreError("NOWLOCK", "session is not locked")
+        if lock.key != key:
+            raise StoreError("LOCKED", "wrong lock key: the lock is held by another holder")
+        return self._pass_on(sid, lock, now)
+
+    def expire(self, now: float) -> list[Waiter]:
+        """Ends every lease that has run out; returns the waiters granted."""
+        granted: list[Waiter] = []
+        while self._leases and self._leases[0][0] <= now:
+            deadline, sid, key = heapq.heappop(self._leases)
+            lock = self._locks.get(sid)
+            if lock is not None and lock.key == key and lock.deadline == deadline:
+                self.lease_expiries += 1
+                granted += self._pass_on(sid, lock, now)
+        return granted
+
+    def next_deadline(self) -> float | None:
+        return self._leases[0][0] if self._leases else None
+
+    def _pass_on(self, sid: bytes, lock: _Lock, now: float) -> list[Waiter]:
+        if not lock.waiters:
+            del self._locks[sid]
+            return []
+        waiter = lock.waiters.popleft()
+        waiter.key = lock.key = _new_key()
+        lock.deadline = now + waiter.lease
+        heapq.heappush(self._leases, (lock.deadline, sid, lock.key))
+        return [waiter]

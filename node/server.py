@@ -1,0 +1,242 @@
+"""The TCP server of one node: trio around the sans-I/O codec and ``Node``.
+
+One task per connection reads frames, runs each request in order and writes
+the answers in the same order; every request complete in one read is answered
+with one write, so pipelined clients pay one system call per batch. A lock
+that has to be waited for is the only request that suspends; while it waits
+the connection is still read, so a client that goes away stops waiting (and
+hands back a lock granted to it) at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any, Callable
+
+import trio
+
+from protocol.codec import FrameDecoder, ProtocolError, encode_error, encode_ok, parse_request
+from protocol.constants import Err
+
+from .commands import CommandError, LockWait, Node
+from .config import Config
+
+log = logging.getLogger("msession.server")
+
+READ_SIZE = 65536
+
+
+class Counters:
+    def __init__(self):
+        self.connections_total = 0
+        self.connections_refused = 0
+        self.bad_frames = 0
+        self.timeouts = 0
+
+
+class _Conn:
+    __slots__ = ("stream", "decoder", "eof", "peer")
+
+    def __init__(self, stream: trio.SocketStream, max_frame: int):
+        self.stream = stream
+        self.decoder = FrameDecoder(max_frame)
+        self.eof = False
+        try:
+            host, port = stream.socket.getpeername()[:2]
+            self.peer = f"{host}:{port}"
+        except OSError:
+            self.peer = "?"
+
+
+class Server:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.clock = clock
+        self.node = Node(config, clock)
+        self.counters = Counters()
+        self.connections = 0
+        self.ports: list[tuple[str, int]] = []
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serves until cancelled. ``task_status.started`` gets the bound addresses."""
+        try:
+            listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.bind)
+        except OSError as exc:
+            raise SystemExit(f"msession: cannot listen on {self.config.bind}:{self.config.port}: {exc.strerror}") from None
+        self.ports = [ln.socket.getsockname()[:2] for ln in listeners]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._housekeeping)
+            await nursery.start(trio.serve_listeners, self._handle, listeners)
+            task_status.started(self.ports)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            now = self.clock()
+            wake = self.node.housekeeping(now)
+            await trio.sleep(max(0.01, min(wake - now, 1.0)))
+
+    # -- one connection ---------------------------------------------------------
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        self.counters.connections_total += 1
+        if self.connections >= self.config.max_connections:
+            self.counters.connections_refused += 1
+            log.warning("refusing a connection: %d connections open (max_connections)", self.connections)
+            await self._send_and_close(stream, encode_error(None, Err.BUSY, "too many connections"))
+            return
+        self.connections += 1
+        conn = _Conn(stream, self.config.max_frame)
+        try:
+            await self._serve_conn(conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass  # the client went away
+        finally:
+            self.connections -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_conn(self, conn: _Conn) -> None:
+        cfg = self.config
+        partial_since: float | None = None
+        while True:
+            if partial_since is None:
+                budget = cfg.idle_timeout
+            else:
+                budget = partial_since + cfg.frame_timeout - trio.current_time()
+            data = b""
+            if not conn.eof:
+                with trio.move_on_after(max(budget, 0)):
+                    data = await conn.stream.receive_some(READ_SIZE)
+                    if not data:
+                        conn.eof = True
+                if not data and not conn.eof:
+                    self.counters.timeouts += 1
+                    if partial_since is None:
+                        msg = f"idle for {cfg.idle_timeout:g} s: closing"
+                    else:
+                        msg = f"frame not completed within {cfg.frame_timeout:g} s: closing"
+                    log.info("%s: %s", conn.peer, msg)
+                    await self._send_and_close(conn.stream, encode_error(None, Err.TIMEOUT, msg))
+                    return
+                conn.decoder.feed(data)
+            if not await self._run_frames(conn):
+                return
+            if conn.eof:
+                return
+            if conn.decoder.pending:
+                if partial_since is None:
+                    partial_since = trio.current_time()
+            else:
+                partial_since = None
+
+    async def _run_frames(self, conn: _Conn) -> bool:
+        """Answers every complete frame buffered; False when the connection must close."""
+        out: list[bytes] = []
+        while True:
+            try:
+                body = conn.decoder.next_frame()
+            except ProtocolError as exc:
+                self._bad(conn, exc.message)
+                out.append(encode_error(None, exc.code, exc.message))
+                await self._send_and_close(conn.stream, b"".join(out))
+                return False
+            if body is None:
+                break
+            try:
+                req = parse_request(body)
+            except ProtocolError as exc:
+                self._bad(conn, exc.message)
+                out.append(encode_error(exc.request_id, exc.code, exc.message))
+                continue
+            try:
+                result = self.node.execute(req.cmd, req.args, self.clock())
+                if type(result) is LockWait:
+                    if out:
+                        await conn.stream.send_all(b"".join(out))
+                        out.clear()
+                    result = await self._wait_for_lock(conn, result)
+                    if result is None:
+                        return False  # the client left while waiting
+                out.append(encode_ok(req.id, result))
+            except CommandError as exc:
+                self.node.stats["errors"] += 1
+                out.append(encode_error(req.id, exc.code, exc.message))
+            except Exception as exc:  # a bug must not take the node down
+                log.exception("internal error on command %s", req.cmd)
+                out.append(encode_error(req.id, Err.UNKNOWN, f"internal error: {type(exc).__name__}"))
+            self.node.stats["commands"] += 1
+        if out:
+            await conn.stream.send_all(b"".join(out))
+        return True
+
+    async def _wait_for_lock(self, conn: _Conn, lw: LockWait) -> Any:
+        """Waits for a queued lock while watching the connection for EOF.
+
+        Returns the key, None if the client went away, or raises LOCKED.
+        """
+        event = trio.Event()
+        lw.waiter.handle = event.set
+        left = False
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal left
+                try:
+                    while conn.decoder.pending <= self.config.max_frame:
+                        data = await conn.stream.receive_some(READ_SIZE)
+                        if not data:
+                            break
+                        conn.decoder.feed(data)
+                    else:
+                        await trio.sleep_forever()  # enough buffered: stop reading
+                except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                    pass
+                left = conn.eof = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            with trio.move_on_after(lw.wait):
+                await event.wait()
+            nursery.cancel_scope.cancel()
+        key = lw.waiter.key
+        if left:
+            if key:
+                self.node.wake(self.node.locks.release(lw.sid, key, self.clock()))
+            else:
+                self.node.locks.cancel(lw.sid, lw.waiter)
+            return None
+        if not key:
+            self.node.locks.cancel(lw.sid, lw.waiter)
+            raise CommandError("LOCKED", f"session still locked after waiting {lw.wait:g} s")
+        return key
+
+    def _bad(self, conn: _Conn, message: str) -> None:
+        self.counters.bad_frames += 1
+        log.info("%s: bad frame: %s", conn.peer, message)
+
+    async def _send_and_close(self, stream: trio.SocketStream, data: bytes) -> None:
+        with trio.move_on_after(1):
+            try:
+                await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                pass
+        await trio.aclose_forcefully(stream)
+
+
+async def main_async(config: Config, ready: Callable[[list], None] | None = None) -> None:
+    """Runs a node until SIGTERM or SIGINT, then shuts down cleanly."""
+    server = Server(config)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            ports = await nursery.start(server.run)
+            for host, port in ports:
+                log.info("msession listening on %s:%d", host, port)
+            if ready:
+                ready(ports)
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break

@@ -1,0 +1,295 @@
+"""The session store of one node (sans-I/O: the caller passes the time).
+
+Theory of operation
+-------------------
+A session holds variables (name -> value, both bytes), an opaque data string,
+an optional classname, its creation time, last access time and inactivity
+timeout. Every change is an *update* (the dataclasses below) stamped with a
+hybrid-logical-clock version and applied by ``apply()``. Variables and data
+carry the version of their last write and a write with an older version is
+ignored (per-variable last-writer-wins), so two replicas that receive the same
+updates in any order end in the same state: that is what replication will ship
+between nodes. ``IncVar`` is resolved on the node that receives it into the
+new value (a replicated PN-counter is future work, see README).
+
+Expiry costs O(expired): each session sits in the bucket of the whole second at
+which it expires (``ceil(last access + timeout)``); a heap holds the bucket
+seconds. An access that moves the deadline to another second moves the session
+between two sets (O(1)); ``expire(now)`` pops only the buckets that are due.
+A session past its deadline is also treated as gone by any read, so answers are
+exact between two ``expire`` calls.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import secrets
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .hlc import HLC
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+class StoreError(Exception):
+    """A contract error: ``name`` is an error name of the protocol."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
+        self.message = message
+
+
+class Session:
+    __slots__ = ("sid", "classname", "data", "data_version", "vars", "ctime", "atime", "timeout", "bucket")
+
+    def __init__(self, sid: bytes, classname: bytes, data: bytes, version: int, now: float, timeout: int):
+        self.sid = sid
+        self.classname = classname
+        self.data = data
+        self.data_version = version
+        self.vars: dict[bytes, tuple[bytes, int]] = {}
+        self.ctime = now
+        self.atime = now
+        self.timeout = timeout
+        self.bucket = 0
+
+    @property
+    def deadline(self) -> float:
+        return self.atime + self.timeout
+
+    def values(self) -> dict[bytes, bytes]:
+        return {name: v for name, (v, _) in self.vars.items()}
+
+
+# ---------------------------------------------------------------------------
+# Updates: every change to a session is one of these.
+
+
+@dataclass(slots=True)
+class Create:
+    sid: bytes
+    version: int
+    classname: bytes = b""
+    data: bytes = b""
+    timeout: int = 0  # 0: the store's default
+
+
+@dataclass(slots=True)
+class Drop:
+    sid: bytes
+    version: int
+
+
+@dataclass(slots=True)
+class SetVars:
+    sid: bytes
+    version: int
+    pairs: dict[bytes, bytes] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SetData:
+    sid: bytes
+    version: int
+    data: bytes
+    create: bool = True
+
+
+@dataclass(slots=True)
+class IncVar:
+    sid: bytes
+    version: int
+    name: bytes
+    delta: int = 1
+
+
+@dataclass(slots=True)
+class SetTimeout:
+    sid: bytes
+    version: int
+    timeout: int
+
+
+Update = Create | Drop | SetVars | SetData | IncVar | SetTimeout
+
+
+@dataclass
+class Hooks:
+    """Callbacks run after a session is created, destroyed or expired."""
+
+    on_create: list[Callable[[Session], None]] = field(default_factory=list)
+    on_destroy: list[Callable[[Session], None]] = field(default_factory=list)
+    on_expire: list[Callable[[Session], None]] = field(default_factory=list)
+
+
+class Store:
+    def __init__(self, default_timeout: int = 1440, hooks: Hooks | None = None, hlc: HLC | None = None):
+        self.default_timeout = default_timeout
+        self.hooks = hooks or Hooks()
+        self.hlc = hlc or HLC()
+        self._sessions: dict[bytes, Session] = {}
+        self._buckets: dict[int, set[bytes]] = {}
+        self._bucket_heap: list[int] = []
+        self.expired_total = 0
+        self.hook_errors = 0
+
+    # -- reading -----------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, sid: bytes, now: float, touch: bool = True) -> Session | None:
+        """The live session ``sid`` or None; an access refreshes its last access."""
+        s = self._sessions.get(sid)
+        if s is None:
+            return None
+        if s.atime + s.timeout <= now:
+            self._remove(s)
+            self.expired_total += 1
+            self._run(self.hooks.on_expire, s)
+            return None
+        if touch:
+            self._touch(s, now)
+        return s
+
+    def require(self, sid: bytes, now: float, touch: bool = True) -> Session:
+        s = self.get(sid, now, touch)
+        if s is None:
+            raise StoreError("NOSESSION", "no such session")
+        return s
+
+    def sessions(self, now: float) -> Iterator[Session]:
+        """Every live session (expires due ones first). Does not touch."""
+        self.expire(now)
+        return iter(list(self._sessions.values()))
+
+    def count(self, now: float) -> int:
+        self.expire(now)
+        return len(self._sessions)
+
+    # -- changing ----------------------------------------------------------
+
+    def version(self, now: float) -> int:
+        return self.hlc.tick(now)
+
+    def apply(self, u: Update, now: float):
+        """Applies one update; returns the command's result or raises StoreError."""
+        if type(u) is SetVars:
+            s = self.require(u.sid, now)
+            for name, value in u.pairs.items():
+                old = s.vars.get(name)
+                if old is None or old[1] <= u.version:
+                    s.vars[name] = (value, u.version)
+            return True
+        if type(u) is SetData:
+            s = self.get(u.sid, now)
+            if s is None:
+                if not u.create:
+                    raise StoreError("NOSESSION", "no such session")
+                self._insert(Create(u.sid, u.version, data=u.data), now)
+            elif s.data_version <= u.version:
+                s.data = u.data
+                s.data_version = u.version
+            return True
+        if type(u) is IncVar:
+            s = self.require(u.sid, now)
+            old = s.vars.get(u.name)
+            try:
+                current = int(old[0]) if old is not None else 0
+            except ValueError:
+                raise StoreError("NOVALUE", "variable does not hold an integer") from None
+            value = current + u.delta
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise StoreError("BADARG", "counter would overflow a signed 64-bit integer")
+            s.vars[u.name] = (str(value).encode(), u.version)
+            return value
+        if type(u) is Create:
+            s = self.get(u.sid, now)
+            if s is not None:
+                raise StoreError("DUPSESSION", "session already exists")
+            self._insert(u, now)
+            return True
+        if type(u) is Drop:
+            s = self._sessions.get(u.sid)
+            if s is not None:
+                self._remove(s)
+                self._run(self.hooks.on_destroy, s)
+            return True
+        if type(u) is SetTimeout:
+            s = self.require(u.sid, now)
+            s.timeout = u.timeout
+            self._touch(s, now, force=True)
+            return u.timeout
+        raise TypeError(f"not an update: {u!r}")
+
+    def new_id(self, length: int, now: float, taken: Callable[[bytes], bool] = lambda sid: False, tries: int = 16) -> bytes:
+        """A random id of ``length`` characters naming no live session."""
+        for _ in range(tries):
+            sid = "".join(secrets.choice(ID_ALPHABET) for _ in range(length)).encode()
+            if self.get(sid, now, touch=False) is None and not taken(sid):
+                return sid
+        raise StoreError("DUPSESSION", f"no unused id of {length} characters found")
+
+    # -- expiry ------------------------------------------------------------
+
+    def expire(self, now: float) -> list[Session]:
+        """Removes every session whose deadline has passed; O(expired)."""
+        heap, buckets, out = self._bucket_heap, self._buckets, []
+        while heap and heap[0] <= now:
+            second = heapq.heappop(heap)
+            for sid in buckets.pop(second, ()):
+                s = self._sessions.pop(sid)
+                out.append(s)
+        if out:
+            self.expired_total += len(out)
+            for s in out:
+                self._run(self.hooks.on_expire, s)
+        return out
+
+    def next_expiry(self) -> float | None:
+        return float(self._bucket_heap[0]) if self._bucket_heap else None
+
+    # -- internals ---------------------------------------------------------
+
+    def _insert(self, u: Create, now: float) -> Session:
+        s = Session(u.sid, u.classname, u.data, u.version, now, u.timeout or self.default_timeout)
+        self._sessions[u.sid] = s
+        self._place(s, math.ceil(s.deadline))
+        self._run(self.hooks.on_create, s)
+        return s
+
+    def _remove(self, s: Session) -> None:
+        del self._sessions[s.sid]
+        bucket = self._buckets.get(s.bucket)
+        if bucket is not None:
+            bucket.discard(s.sid)
+
+    def _touch(self, s: Session, now: float, force: bool = False) -> None:
+        if now > s.atime or force:
+            s.atime = max(now, s.atime)
+            second = math.ceil(s.atime + s.timeout)
+            if second != s.bucket:
+                bucket = self._buckets.get(s.bucket)
+                if bucket is not None:
+                    bucket.discard(s.sid)
+                self._place(s, second)
+
+    def _place(self, s: Session, second: int) -> None:
+        s.bucket = second
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            bucket = self._buckets[second] = set()
+            heapq.heappush(self._bucket_heap, second)
+        bucket.add(s.sid)
+
+    def _run(self, hooks: list, s: Session) -> None:
+        for hook in hooks:
+            try:
+                hook(s)
+            except Exception:
+                # A plugin's bug must not lose or corrupt a session.
+                self.hook_errors += 1

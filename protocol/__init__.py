@@ -1,0 +1,1 @@
+"""msession: the wire protocol, its codec and clients."""

@@ -1,0 +1,563 @@
+"""Python clients for msession: ``Client`` (blocking sockets) and ``AsyncClient`` (trio).
+
+Both have the same methods, named after the PHP functions without the
+``msession_`` prefix; ``AsyncClient``'s are awaited. Session ids, variable names
+and other names are ``str`` (any bytes survive: they are decoded as UTF-8 with
+``surrogateescape``); values, session data and plugin answers are ``bytes``.
+Arguments may be ``str`` or ``bytes``.
+
+Given several nodes, a client connects to the first that answers and fails
+over to the next when a node does not answer. A request that was already sent
+when its node failed is retried on the next node only if repeating it is
+harmless; ``create``, ``inc``, ``uniq``, ``lock`` and ``unlock`` raise
+``MsessionError`` with code ``BADCONN`` instead, since they may have been
+applied.
+
+    with Client(port=8086) as c:
+        c.create("s1")
+        c.set("s1", "user", "alice")
+        c.get("s1", "user")            # b'alice'
+        with c.pipeline() as p:        # one round trip
+            p.inc("s1", "hits"); p.get_array("s1")
+            hits, everything = p.execute()
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any, Callable, Iterable
+
+import trio
+
+from .codec import ClientProtocol, ProtocolError, Response
+from .constants import DEFAULT_MAX_FRAME, DEFAULT_PORT, PROTOCOL_VERSION, Cmd, Ctl, error_name
+
+__all__ = ["Client", "AsyncClient", "MsessionError", "parse_node"]
+
+_NOT_IDEMPOTENT = frozenset({Cmd.CREATE, Cmd.INC, Cmd.UNIQ, Cmd.SLOCK, Cmd.SUNLOCK})
+
+
+class MsessionError(Exception):
+    """An error answer (``code`` is its name, e.g. ``"NOSESSION"``) or a failed connection."""
+
+    def __init__(self, code: str, message: str = ""):
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+
+def parse_node(spec: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``"host"``, ``"host:port"`` or ``"[v6addr]:port"`` -> ``(host, port)``."""
+    spec = spec.strip()
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif spec.count(":") == 1:
+        host, port = spec.split(":")
+    else:
+        host, port = spec, ""
+    if not host:
+        raise ValueError(f"no host in node address {spec!r}")
+    try:
+        return host, int(port) if port else default_port
+    except ValueError:
+        raise ValueError(f"bad port in node address {spec!r}") from None
+
+
+def _nodes(host: str, port: int, nodes: Iterable[str] | None) -> list[tuple[str, int]]:
+    if nodes is None:
+        return [(host, port)]
+    if isinstance(nodes, str):
+        nodes = nodes.split(",")
+    out = [parse_node(n) for n in nodes if n.strip()]
+    if not out:
+        raise ValueError("no nodes given")
+    return out
+
+
+# -- argument and result conversion ------------------------------------------------
+
+
+def _b(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value).encode()
+    raise TypeError(f"expected str or bytes, not {type(value).__name__}")
+
+
+def _s(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+def _ms(seconds: float | None) -> int:
+    return max(0, int(round(seconds * 1000)))
+
+
+def _ident(v):
+    return v
+
+
+def _none(v):
+    return None
+
+
+def _ids(v):
+    return [_s(x) for x in v]
+
+
+def _str(v):
+    return _s(v)
+
+
+def _map(v):
+    return {_s(k): val for k, val in v.items()}
+
+
+def _true(v):
+    return True
+
+
+class _Commands:
+    """The contract's methods; subclasses provide ``_call(cmd, args, convert)``."""
+
+    def _call(self, cmd: int, args: list, convert: Callable[[Any], Any]) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def ping(self):
+        return self._call(Cmd.PING, [], _true)
+
+    def count(self):
+        return self._call(Cmd.COUNT, [], _ident)
+
+    def create(self, session, classname=None, data=None):
+        args = [_b(session)]
+        if classname is not None or data is not None:
+            args.append(_b(classname or b""))
+        if data is not None:
+            args.append(_b(data))
+        return self._call(Cmd.CREATE, args, _true)
+
+    def destroy(self, session):
+        return self._call(Cmd.DROP, [_b(session)], _true)
+
+    def set(self, session, name, value):
+        return self._call(Cmd.SETVAL, [_b(session), _b(name), _b(value)], _true)
+
+    def get(self, session, name, default=None):
+        return self._call(Cmd.GETVAL, [_b(session), _b(name)], lambda v: default if v is None else v)
+
+    def get_array(self, session):
+        return self._call(Cmd.GETALL, [_b(session)], _map)
+
+    def set_array(self, session, pairs: dict):
+        return self._call(Cmd.SETVAL, [_b(session), {_b(k): _b(v) for k, v in pairs.items()}], _none)
+
+    def getdata(self, session):
+        return self._call(Cmd.DATAGET, [_b(session)], _ident)
+
+    def setdata(self, session, data):
+        return self._call(Cmd.DATASET, [_b(session), _b(data)], _true)
+
+    def inc(self, session, name, delta: int = 1):
+        args = [_b(session), _b(name)]
+        if delta != 1:
+            args.append(int(delta))
+        return self._call(Cmd.INC, args, _ident)
+
+    def find(self, name, value):
+        return self._call(Cmd.FIND, [_b(name), _b(value)], _ids)
+
+    def list(self):
+        return self._call(Cmd.LIST, [], _ids)
+
+    def listvar(self, name):
+        return self._call(Cmd.LISTVAR, [_b(name)], _map)
+
+    def lock(self, session, wait: float | None = None, lease: float | None = None):
+        """Locks ``session`` and returns the key. Waits up to ``wait`` seconds for
+        a holder to unlock (0: fail at once with LOCKED; None: the server's
+        ``lock_wait``); the lock's lease is ``lease`` seconds (None: ``lock_lease``)."""
+        args: list = [_b(session), None if wait is None else _ms(wait)]
+        if lease is not None:
+            args.append(_ms(lease))
+        return self._call(Cmd.SLOCK, args, _ident)
+
+    def unlock(self, session, key: int):
+        return self._call(Cmd.SUNLOCK, [_b(session), int(key)], _ident)
+
+    def timeout(self, session, seconds: int | None = None):
+        args = [_b(session)] if seconds is None else [_b(session), int(seconds)]
+        return self._call(Cmd.TIMEOUT, args, _ident)
+
+    def uniq(self, num_chars: int = 32, classname=None, data=None):
+        args: list = [int(num_chars)]
+        if classname is not None or data is not None:
+            args.append(_b(classname or b""))
+        if data is not None:
+            args.append(_b(data))
+        return self._call(Cmd.UNIQ, args, _str)
+
+    def randstr(self, num_chars: int):
+        return self._call(Cmd.RANDSTR, [int(num_chars)], _str)
+
+    def plugin(self, session, val, param=None):
+        args = [_b(session), _b(val)] + ([] if param is None else [_b(param)])
+        return self._call(Cmd.PLUGIN, args, _ident)
+
+    def call(self, fn_name, *params):
+        if len(params) > 4:
+            raise TypeError("call() takes at most 4 parameters")
+        return self._call(Cmd.CALL, [_b(fn_name)] + [_b(p) for p in params], _ident)
+
+    def ctl(self, session, which: str | int = "EXIST"):
+        code = Ctl[which.upper()] if isinstance(which, str) else Ctl(which)
+        return self._call(Cmd.CTL, [_b(session), int(code)], _ident)
+
+
+def _result(resp: Response, convert: Callable) -> Any:
+    if not resp.ok:
+        raise MsessionError(error_name(resp.code), resp.message)
+    return convert(resp.value)
+
+
+def _lock_wait(cmd: int, args: list) -> float:
+    """Extra seconds a request may legitimately take on the server."""
+    if cmd == Cmd.SLOCK:
+        return args[1] / 1000.0 if len(args) > 1 and args[1] is not None else 300.0
+    return 0.0
+
+
+class _PipelineBase(_Commands):
+    def __init__(self):
+        self._queued: list[tuple[int, list, Callable]] = []
+
+    def _call(self, cmd, args, convert):
+        self._queued.append((cmd, args, convert))
+        return self
+
+    def _collect(self, responses: list[Response], raise_on_error: bool) -> list:
+        out: list[Any] = []
+        for resp, (_, _, convert) in zip(responses, self._queued):
+            try:
+                out.append(_result(resp, convert))
+            except MsessionError as exc:
+                if raise_on_error:
+                    raise
+                out.append(exc)
+        self._queued = []
+        return out
+
+
+# =============================================================================
+# Blocking client
+
+
+class _SyncConn:
+    def __init__(self, addr: tuple[str, int], connect_timeout: float, max_frame: int):
+        self.addr = addr
+        self.sock = socket.create_connection(addr, timeout=connect_timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.proto = ClientProtocol(max_frame)
+        self.pending: dict[int, Response] = {}
+
+    def exchange(self, requests: list[tuple[int, list]], timeout: float) -> list[Response]:
+        ids, chunks = [], []
+        for cmd, args in requests:
+            rid, data = self.proto.request(cmd, args)
+            ids.append(rid)
+            chunks.append(data)
+        self.sock.settimeout(timeout)
+        self.sock.sendall(b"".join(chunks))
+        deadline = time.monotonic() + timeout
+        while not all(rid in self.pending for rid in ids):
+            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+            data = self.sock.recv(262144)
+            if not data:
+                raise ConnectionError("connection closed by the node")
+            for resp in self.proto.feed(data):
+                if resp.id is None and not resp.ok:
+                    # A connection-level error (limits, timeouts): the node closes.
+                    raise MsessionError(error_name(resp.code), resp.message)
+                self.pending[resp.id] = resp
+        return [self.pending.pop(rid) for rid in ids]
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Client(_Commands):
+    """Blocking client. ``Client(host, port)`` or ``Client(nodes=["h1:8086", "h2:8086"])``."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        nodes: Iterable[str] | None = None,
+        timeout: float = 10.0,
+        connect_timeout: float = 2.0,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ):
+        self.nodes = _nodes(host, port, nodes)
+        self.request_timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_frame = max_frame
+        self._conn: _SyncConn | None = None
+        self._next = 0  # index of the node to try first
+        self.server_info: dict = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def node(self) -> tuple[str, int] | None:
+        """The node this client is connected to, if any."""
+        return self._conn.addr if self._conn else None
+
+    def _connect(self) -> _SyncConn:
+        errors = []
+        for i in range(len(self.nodes)):
+            addr = self.nodes[(self._next + i) % len(self.nodes)]
+            try:
+                conn = _SyncConn(addr, self.connect_timeout, self.max_frame)
+                (hello,) = conn.exchange([(Cmd.HELLO, [PROTOCOL_VERSION])], self.connect_timeout)
+                self.server_info = _result(hello, _map)
+            except MsessionError:
+                raise
+            except (OSError, ProtocolError) as exc:
+                errors.append(f"{addr[0]}:{addr[1]}: {exc}")
+                continue
+            self._next = (self._next + i) % len(self.nodes)
+            self._conn = conn
+            return conn
+        raise MsessionError("NOCONNECT", "no node answered (" + "; ".join(errors) + ")")
+
+    def _exchange(self, requests: list[tuple[int, list]]) -> list[Response]:
+        safe = not any(cmd in _NOT_IDEMPOTENT for cmd, _ in requests)
+        timeout = self.request_timeout + max(_lock_wait(cmd, args) for cmd, args in requests)
+        attempts = len(self.nodes)
+        while True:
+            conn = self._conn or self._connect()
+            try:
+                return conn.exchange(requests, timeout)
+            except (OSError, ProtocolError, MsessionError) as exc:
+                self.close()
+                self._next = (self._next + 1) % len(self.nodes)
+                attempts -= 1
+                if isinstance(exc, MsessionError) and exc.code not in ("BUSY", "TIMEOUT"):
+                    raise
+                if not safe:
+                    raise MsessionError("BADCONN", f"node failed during a request that may have been applied: {exc}") from None
+                if attempts <= 0:
+                    raise MsessionError("BADCONN", f"request failed on every node: {exc}") from None
+
+    def _call(self, cmd, args, convert):
+        (resp,) = self._exchange([(cmd, args)])
+        return _result(resp, convert)
+
+    def pipeline(self) -> "Pipeline":
+        return Pipeline(self)
+
+
+class Pipeline(_PipelineBase):
+    """Queues calls and sends them in one write: ``execute()`` returns the results."""
+
+    def __init__(self, client: Client):
+        super().__init__()
+        self._client = client
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._queued = []
+
+    def execute(self, raise_on_error: bool = True) -> list:
+        if not self._queued:
+            return []
+        responses = self._client._exchange([(cmd, args) for cmd, args, _ in self._queued])
+        return self._collect(responses, raise_on_error)
+
+
+# =============================================================================
+# trio client
+
+
+class _Slot:
+    __slots__ = ("response",)
+
+    def __init__(self):
+        self.response: Response | None = None
+
+
+class _AsyncConn:
+    def __init__(self, addr, stream: trio.SocketStream, max_frame: int):
+        self.addr = addr
+        self.stream = stream
+        self.proto = ClientProtocol(max_frame)
+        self.send_lock = trio.Lock()
+        self.recv_lock = trio.Lock()  # whoever holds it reads for everybody
+        self.slots: dict[int, _Slot] = {}
+        self.broken = False
+
+    async def exchange(self, requests: list[tuple[int, list]]) -> list[Response]:
+        slots, chunks = [], []
+        for cmd, args in requests:
+            rid, data = self.proto.request(cmd, args)
+            slot = self.slots[rid] = _Slot()
+            slots.append((rid, slot))
+            chunks.append(data)
+        try:
+            async with self.send_lock:
+                await self.stream.send_all(b"".join(chunks))
+            for rid, slot in slots:
+                while slot.response is None:
+                    async with self.recv_lock:
+                        if slot.response is not None:
+                            break
+                        data = await self.stream.receive_some(262144)
+                        if not data:
+                            raise ConnectionError("connection closed by the node")
+                        for resp in self.proto.feed(data):
+                            if resp.id is None and not resp.ok:
+                                raise MsessionError(error_name(resp.code), resp.message)
+                            waiting = self.slots.pop(resp.id, None)
+                            if waiting is not None:
+                                waiting.response = resp
+        except BaseException:
+            # Cancelled or failed mid-exchange: the stream may be out of step.
+            self.broken = True
+            for rid, _ in slots:
+                self.slots.pop(rid, None)
+            raise
+        return [slot.response for _, slot in slots]  # type: ignore[misc]
+
+
+class AsyncClient(_Commands):
+    """trio client with ``Client``'s methods (awaited). Tasks may share one:
+    their requests are pipelined on one connection.
+
+        async with AsyncClient(port=8086) as c:
+            await c.set("s1", "user", "alice")
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        nodes: Iterable[str] | None = None,
+        timeout: float = 10.0,
+        connect_timeout: float = 2.0,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ):
+        self.nodes = _nodes(host, port, nodes)
+        self.request_timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_frame = max_frame
+        self._conn: _AsyncConn | None = None
+        self._connecting = trio.Lock()
+        self._next = 0
+        self.server_info: dict = {}
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await trio.aclose_forcefully(conn.stream)
+
+    aclose = close
+
+    async def _connect(self) -> _AsyncConn:
+        async with self._connecting:
+            if self._conn is not None and not self._conn.broken:
+                return self._conn
+            errors = []
+            for i in range(len(self.nodes)):
+                addr = self.nodes[(self._next + i) % len(self.nodes)]
+                stream = None
+                try:
+                    with trio.fail_after(self.connect_timeout):
+                        stream = await trio.open_tcp_stream(*addr)
+                        conn = _AsyncConn(addr, stream, self.max_frame)
+                        (hello,) = await conn.exchange([(Cmd.HELLO, [PROTOCOL_VERSION])])
+                    self.server_info = _result(hello, _map)
+                except (OSError, trio.TooSlowError, ProtocolError, trio.BrokenResourceError) as exc:
+                    if stream is not None:
+                        await trio.aclose_forcefully(stream)
+                    errors.append(f"{addr[0]}:{addr[1]}: {exc or type(exc).__name__}")
+                    continue
+                self._next = (self._next + i) % len(self.nodes)
+                self._conn = conn
+                return conn
+            raise MsessionError("NOCONNECT", "no node answered (" + "; ".join(errors) + ")")
+
+    async def _exchange(self, requests: list[tuple[int, list]]) -> list[Response]:
+        safe = not any(cmd in _NOT_IDEMPOTENT for cmd, _ in requests)
+        timeout = self.request_timeout + max(_lock_wait(cmd, args) for cmd, args in requests)
+        attempts = len(self.nodes)
+        while True:
+            conn = self._conn if self._conn is not None and not self._conn.broken else await self._connect()
+            try:
+                with trio.fail_after(timeout):
+                    return await conn.exchange(requests)
+            except (OSError, trio.TooSlowError, ProtocolError, MsessionError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if self._conn is conn:
+                    await self.close()
+                    self._next = (self._next + 1) % len(self.nodes)
+                attempts -= 1
+                if isinstance(exc, MsessionError) and exc.code not in ("BUSY", "TIMEOUT"):
+                    raise
+                if not safe:
+                    raise MsessionError("BADCONN", f"node failed during a request that may have been applied: {exc!r}") from None
+                if attempts <= 0:
+                    raise MsessionError("BADCONN", f"request failed on every node: {exc!r}") from None
+
+    async def _call(self, cmd, args, convert):
+        (resp,) = await self._exchange([(cmd, args)])
+        return _result(resp, convert)
+
+    def pipeline(self) -> "AsyncPipeline":
+        return AsyncPipeline(self)
+
+
+class AsyncPipeline(_PipelineBase):
+    def __init__(self, client: AsyncClient):
+        super().__init__()
+        self._client = client
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._queued = []
+
+    async def execute(self, raise_on_error: bool = True) -> list:
+        if not self._queued:
+            return []
+        responses = await self._client._exchange([(cmd, args) for cmd, args, _ in self._queued])
+        return self._collect(responses, raise_on_error)

@@ -1,0 +1,203 @@
+"""Sans-I/O codec for the msession wire protocol.
+
+Theory of operation
+-------------------
+A connection carries *frames*: a 4-byte big-endian unsigned length, then that
+many bytes holding one MessagePack value. Nothing here touches a socket: bytes
+go in through ``feed()``, complete frames or parsed messages come out, and
+``encode_*`` functions return the bytes to send. The server and both clients
+(and later the inter-node links) are thin loops around these objects.
+
+Requests are ``[id, cmd, args]`` and responses ``[id, status, payload]``
+(``payload`` is the result on OK, ``[code, message]`` on ERR). ``PROTOCOL.md``
+is the normative description.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .constants import DEFAULT_MAX_FRAME, HEADER_SIZE, Err, Status
+
+_HEADER = struct.Struct(">I")
+MAX_REQUEST_ID = 2**64 - 1
+
+
+class ProtocolError(Exception):
+    """A peer broke the wire protocol. ``code`` is an ``Err`` number."""
+
+    def __init__(self, code: int, message: str, request_id: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame bodies.
+
+    ``feed(data)`` appends bytes; ``next_frame()`` returns the next complete body
+    or ``None``. A length above ``max_frame`` raises ``ProtocolError(BADLEN)``;
+    the stream cannot be resynchronised after that, so the caller closes it.
+    """
+
+    __slots__ = ("_buf", "_pos", "max_frame")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME):
+        self._buf = bytearray()
+        self._pos = 0
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes) -> None:
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        elif self._pos > 65536 and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_frame(self) -> bytes | None:
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
+        if available < HEADER_SIZE:
+            return None
+        (length,) = _HEADER.unpack_from(buf, pos)
+        if length > self.max_frame:
+            raise ProtocolError(
+                Err.BADLEN, f"frame of {length} bytes exceeds the limit of {self.max_frame}"
+            )
+        end = pos + HEADER_SIZE + length
+        if end > len(buf):
+            return None
+        body = bytes(buf[pos + HEADER_SIZE : end])
+        self._pos = end
+        return body
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame waiting in the buffer."""
+        return len(self._buf) - self._pos
+
+
+def frame(body: bytes) -> bytes:
+    return _HEADER.pack(len(body)) + body
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def encode_frame(obj: Any) -> bytes:
+    return frame(pack(obj))
+
+
+# --------------------------------------------------------------------------
+# Requests (server side parses, client side encodes)
+
+
+@dataclass(slots=True)
+class Request:
+    id: int
+    cmd: int
+    args: list
+
+
+def encode_request(request_id: int, cmd: int, args: list | tuple) -> bytes:
+    return encode_frame([request_id, int(cmd), list(args)])
+
+
+def parse_request(body: bytes) -> Request:
+    """Parses one frame body as a request.
+
+    Byte strings arrive as ``bytes`` whether the peer sent MessagePack *str* or
+    *bin* (``raw=True``): keys, names and values are binary-safe and no decoding
+    error can happen here. Raises ``ProtocolError(BADHDR)``, carrying the request
+    id when one could be read, for anything that is not ``[id, cmd, args]``.
+    """
+    try:
+        msg = msgpack.unpackb(body, raw=True, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(Err.BADHDR, f"frame is not valid MessagePack ({type(exc).__name__})") from None
+    if not isinstance(msg, list) or len(msg) != 3:
+        rid = _salvage_id(msg)
+        raise ProtocolError(Err.BADHDR, "request must be an array [id, cmd, args]", rid)
+    rid, cmd, args = msg
+    if type(rid) is not int or not 0 <= rid <= MAX_REQUEST_ID:
+        raise ProtocolError(Err.BADHDR, "request id must be an unsigned integer")
+    if type(cmd) is not int:
+        raise ProtocolError(Err.BADHDR, "command must be an integer", rid)
+    if not isinstance(args, list):
+        raise ProtocolError(Err.BADHDR, "args must be an array", rid)
+    return Request(rid, cmd, args)
+
+
+def _salvage_id(msg: Any) -> int | None:
+    if isinstance(msg, list) and msg and type(msg[0]) is int and 0 <= msg[0] <= MAX_REQUEST_ID:
+        return msg[0]
+    return None
+
+
+def encode_ok(request_id: int | None, result: Any) -> bytes:
+    return encode_frame([request_id, Status.OK, result])
+
+
+def encode_error(request_id: int | None, code: int, message: str) -> bytes:
+    return encode_frame([request_id, Status.ERR, [int(code), message]])
+
+
+# --------------------------------------------------------------------------
+# Responses (client side)
+
+
+@dataclass(slots=True)
+class Response:
+    id: int | None
+    ok: bool
+    value: Any = None  # the result when ok
+    code: int = 0  # the error code when not ok
+    message: str = ""
+
+
+def parse_response(body: bytes) -> Response:
+    try:
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:
+        raise ProtocolError(Err.BADHDR, f"response is not valid MessagePack ({type(exc).__name__})") from None
+    if not isinstance(msg, list) or len(msg) != 3 or msg[1] not in (Status.OK, Status.ERR):
+        raise ProtocolError(Err.BADHDR, "response must be an array [id, status, payload]")
+    rid, status, payload = msg
+    if status == Status.OK:
+        return Response(rid, True, payload)
+    if not isinstance(payload, list) or len(payload) != 2 or type(payload[0]) is not int:
+        raise ProtocolError(Err.BADHDR, "error payload must be [code, message]")
+    message = payload[1] if isinstance(payload[1], str) else str(payload[1])
+    return Response(rid, False, None, payload[0], message)
+
+
+class ClientProtocol:
+    """The client half of a connection: numbers requests and matches answers.
+
+    ``request()`` returns ``(id, bytes_to_send)``; ``feed()`` returns the
+    responses completed by the bytes received, in arrival order.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME):
+        self._decoder = FrameDecoder(max_frame)
+        self._next_id = 1
+
+    def request(self, cmd: int, args: list | tuple) -> tuple[int, bytes]:
+        rid = self._next_id
+        self._next_id = rid + 1 if rid < 2**32 - 1 else 1
+        return rid, encode_request(rid, cmd, args)
+
+    def feed(self, data: bytes) -> list[Response]:
+        self._decoder.feed(data)
+        out = []
+        while (body := self._decoder.next_frame()) is not None:
+            out.append(parse_response(body))
+        return out
