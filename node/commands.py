@@ -323,7 +323,7 @@ class Node:
         sid = self._sid(args[0])
         val = _bytes(args[1], "val")
         param = _bytes(args[2], "param") if len(args) > 2 else b""
-        s = self.store.get(sid, now)
+        s = self.store.get(sid, now, touch=False)  # inspecting a session does not keep it alive
         try:
             result = self.plugins.escape(s, val, param)
         except Exception as exc:

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from node.config import Config  # noqa: E402
+from node.server import Server  # noqa: E402
+from procs import NodeProcess  # noqa: E402
+
+
+@pytest.fixture
+def node_process():
+    """A real ``msession serve`` process on a free loopback port."""
+    node = NodeProcess()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_node_process():
+    node = NodeProcess()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def make_config(**overrides) -> Config:
+    cfg = Config(bind="127.0.0.1", port=0)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg.validate()
+
+
+async def start_server(nursery: trio.Nursery, **overrides) -> Server:
+    """Starts an in-process server in ``nursery``; ``server.ports[0]`` is its address."""
+    server = Server(make_config(**overrides))
+    await nursery.start(server.run)
+    return server
+
+
+@pytest.fixture
+async def server(nursery):
+    return await start_server(nursery)

@@ -1,0 +1,370 @@
+"""Every contract function through Client (against a real process) and AsyncClient."""
+
+import socket
+import uuid
+
+import pytest
+import trio
+
+from conftest import start_server
+from protocol.client import AsyncClient, Client, MsessionError, parse_node
+from procs import NodeProcess
+
+
+def sid():
+    return "t-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def client(shared_node_process):
+    with Client(port=shared_node_process.port) as c:
+        yield c
+
+
+def err(fn, *args, **kw):
+    with pytest.raises(MsessionError) as exc:
+        fn(*args, **kw)
+    return exc.value.code
+
+
+def test_create_set_get_destroy(client):
+    s = sid()
+    assert client.create(s) is True
+    assert err(client.create, s) == "DUPSESSION"
+    assert client.set(s, "user", "alice") is True
+    assert client.get(s, "user") == b"alice"
+    assert client.get(s, "absent") is None
+    assert client.get(s, "absent", "dflt") == "dflt"
+    assert client.destroy(s) is True
+    assert client.destroy(s) is True
+    assert err(client.get, s, "user") == "NOSESSION"
+    assert err(client.set, s, "user", "x") == "NOSESSION"
+
+
+def test_create_with_classname_and_data(client):
+    s = sid()
+    client.create(s, "cart", b"payload")
+    assert client.getdata(s) == b"payload"
+    assert client.ctl(s, "EXIST") == 1
+
+
+def test_arrays(client):
+    s = sid()
+    client.create(s)
+    assert client.get_array(s) == {}
+    assert client.set_array(s, {"a": "1", "b": b"\x00\xff"}) is None
+    assert client.get_array(s) == {"a": b"1", "b": b"\x00\xff"}
+    assert err(client.get_array, sid()) == "NOSESSION"
+
+
+def test_data_is_binary_safe_and_setdata_creates(client):
+    s = sid()
+    blob = bytes(range(256)) * 64
+    assert client.setdata(s, blob) is True
+    assert client.getdata(s) == blob
+    assert err(client.getdata, sid()) == "NOSESSION"
+
+
+def test_binary_ids_and_names_round_trip(client):
+    s = b"\xff\x00bin-" + uuid.uuid4().bytes
+    client.create(s)
+    client.set(s, b"n\x00\xfe", b"v\x00")
+    assert client.get(s, b"n\x00\xfe") == b"v\x00"
+    listed = [x for x in client.list() if x.encode("utf-8", "surrogateescape") == s]
+    assert len(listed) == 1
+    assert client.get_array(listed[0]) == {"n\x00\udcfe": b"v\x00"}
+
+
+def test_inc(client):
+    s = sid()
+    client.create(s)
+    assert client.inc(s, "n") == 1
+    assert client.inc(s, "n") == 2
+    assert client.inc(s, "n", -5) == -3
+    client.set(s, "t", "x")
+    assert err(client.inc, s, "t") == "NOVALUE"
+    assert err(client.inc, sid(), "n") == "NOSESSION"
+
+
+def test_find_list_listvar_count(client):
+    tag = uuid.uuid4().hex
+    a, b, c = sid(), sid(), sid()
+    for s in (a, b, c):
+        client.create(s)
+    client.set(a, "tag", tag)
+    client.set(b, "tag", tag)
+    client.set(c, "tag", "other")
+    assert sorted(client.find("tag", tag)) == sorted([a, b])
+    assert {a, b, c} <= set(client.list())
+    lv = client.listvar("tag")
+    assert lv[a] == tag.encode() and lv[c] == b"other"
+    before = client.count()
+    client.destroy(c)
+    assert client.count() == before - 1
+
+
+def test_timeout_and_ctl(client):
+    s = sid()
+    client.create(s)
+    assert client.timeout(s) == 1440
+    assert client.timeout(s, 60) == 60
+    assert client.timeout(s) == 60
+    assert 58 <= client.ctl(s, "TTL") <= 60
+    assert client.ctl(s, "EXIST") == 1
+    assert client.ctl(sid(), "EXIST") == 0
+    assert client.ctl(s) == 1
+    assert 0 <= client.ctl(s, "AGE") <= 2
+    now = client.ctl(s, "NOW")
+    assert abs(now - __import__("time").time()) < 5
+    assert abs(client.ctl(s, "CTIME") - now) <= 2
+    assert abs(client.ctl(s, "TLA") - now) <= 2
+    assert abs(client.ctl(s, "TOUCH") - now) <= 2
+    assert err(client.ctl, sid(), "TTL") == "NOSESSION"
+    assert err(client.timeout, s, 0) == "BADARG"
+    assert err(client.timeout, sid()) == "NOSESSION"
+
+
+def test_uniq_and_randstr(client):
+    ids = {client.uniq(32) for _ in range(50)}
+    assert len(ids) == 50 and all(len(i) == 32 for i in ids)
+    s = client.uniq(40, "cls", b"data")
+    assert client.getdata(s) == b"data"
+    assert client.ctl(s, "EXIST") == 1
+    r = client.randstr(100)
+    assert len(r) == 100 and r.isalnum()
+    assert err(client.randstr, 0) == "BADARG"
+    assert err(client.uniq, -1) == "BADARG"
+
+
+def test_lock_unlock(client):
+    s = sid()
+    key = client.lock(s)
+    assert key > 0
+    assert err(client.lock, s, wait=0) == "LOCKED"
+    assert err(client.unlock, s, key + 1) == "LOCKED"
+    assert err(client.lock, s, wait=0) == "LOCKED"  # still held
+    assert client.unlock(s, key) == key
+    assert err(client.unlock, s, key) == "NOWLOCK"
+    key2 = client.lock(s, wait=0, lease=5)
+    assert key2 > 0 and key2 != key
+    client.unlock(s, key2)
+
+
+def test_plugin_and_call_without_plugins(client):
+    s = sid()
+    client.create(s)
+    assert err(client.plugin, s, "info") == "NOFN"
+    assert err(client.plugin, sid(), "info") == "NOSESSION"
+    assert err(client.call, "nothing") == "NOFN"
+
+
+def test_ping(client):
+    assert client.ping() is True
+    assert client.server_info["version"] == 1
+
+
+def test_pipeline_is_one_round_trip_and_answers_in_order(client):
+    s = sid()
+    client.create(s)
+    with client.pipeline() as p:
+        for _ in range(100):
+            p.inc(s, "n")
+        p.get(s, "n")
+        p.get(sid(), "n")
+        results = p.execute(raise_on_error=False)
+    assert results[:100] == list(range(1, 101))
+    assert results[100] == b"100"
+    assert isinstance(results[101], MsessionError) and results[101].code == "NOSESSION"
+
+
+def test_failover_to_the_next_node(shared_node_process):
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()  # nothing listens there now
+    with Client(nodes=[f"127.0.0.1:{dead_port}", shared_node_process.address], connect_timeout=1) as c:
+        assert c.ping() is True
+        assert c.node == ("127.0.0.1", shared_node_process.port)
+
+
+def test_no_node_answers():
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    with Client(port=port, connect_timeout=1) as c:
+        assert err(c.ping) == "NOCONNECT"
+
+
+def test_failover_when_a_node_dies_between_requests():
+    a, b = NodeProcess(), NodeProcess()
+    try:
+        with Client(nodes=[a.address, b.address]) as c:
+            assert c.ping() and c.node[1] == a.port
+            a.stop()
+            assert c.count() == 0  # idempotent: retried on b
+            assert c.node[1] == b.port
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_non_idempotent_request_is_not_replayed_on_failure():
+    a, b = NodeProcess(), NodeProcess()
+    try:
+        with Client(nodes=[a.address, b.address]) as c:
+            c.create("s")
+            a.stop()
+            assert err(c.inc, "s", "n") == "BADCONN"
+            assert c.create("s") is True  # the next call goes to b
+            assert c.node[1] == b.port
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_parse_node():
+    assert parse_node("h") == ("h", 8086)
+    assert parse_node("h:1") == ("h", 1)
+    assert parse_node("[::1]:9") == ("::1", 9)
+    with pytest.raises(ValueError):
+        parse_node("h:x")
+
+
+def test_sigterm_shuts_down_cleanly():
+    node = NodeProcess()
+    with Client(port=node.port) as c:
+        c.create("s")
+    assert node.stop() == 0
+    assert "shutting down" in node.read_log()
+
+
+# -- AsyncClient ---------------------------------------------------------------
+
+
+async def test_async_client_serves_the_whole_contract(nursery):
+    server = await start_server(nursery)
+    host, port = server.ports[0]
+    async with AsyncClient(host, port) as c:
+        assert await c.ping() is True
+        s = await c.uniq(32, "cls")
+        assert await c.set(s, "a", "1") is True
+        await c.set_array(s, {"b": b"\x00", "c": "3"})
+        assert await c.get(s, "a") == b"1"
+        assert await c.get(s, "zz", b"d") == b"d"
+        assert await c.get_array(s) == {"a": b"1", "b": b"\x00", "c": b"3"}
+        assert await c.inc(s, "a") == 2
+        assert await c.find("c", "3") == [s]
+        assert await c.listvar("b") == {s: b"\x00"}
+        assert await c.list() == [s]
+        assert await c.count() == 1
+        assert await c.setdata(s, b"blob") is True
+        assert await c.getdata(s) == b"blob"
+        assert await c.timeout(s, 99) == 99
+        assert await c.ctl(s, "TTL") in (98, 99)
+        key = await c.lock(s)
+        assert await c.unlock(s, key) == key
+        assert len(await c.randstr(7)) == 7
+        with pytest.raises(MsessionError) as exc:
+            await c.call("nope")
+        assert exc.value.code == "NOFN"
+        with pytest.raises(MsessionError) as exc:
+            await c.plugin(s, "x")
+        assert exc.value.code == "NOFN"
+        assert await c.destroy(s) is True
+        with pytest.raises(MsessionError) as exc:
+            await c.create(s) and await c.create(s)
+        assert exc.value.code == "DUPSESSION"
+
+
+async def test_async_client_tasks_share_one_pipelined_connection(nursery):
+    server = await start_server(nursery)
+    async with AsyncClient(*server.ports[0]) as c:
+        await c.create("s")
+
+        async def worker():
+            for _ in range(50):
+                await c.inc("s", "n")
+
+        async with trio.open_nursery() as workers:
+            for _ in range(20):
+                workers.start_soon(worker)
+        assert await c.get("s", "n") == b"1000"
+        assert server.counters.connections_total == 1
+        p = c.pipeline()
+        p.get("s", "n")
+        p.count()
+        assert await p.execute() == [b"1000", 1]
+
+
+async def test_lock_waiters_are_served_in_fifo_order(nursery):
+    server = await start_server(nursery)
+    order = []
+    async with AsyncClient(*server.ports[0]) as holder:
+        key = await holder.lock("s")
+
+        async def waiter(i, task_status=trio.TASK_STATUS_IGNORED):
+            async with AsyncClient(*server.ports[0]) as c:
+                await c.ping()
+                task_status.started()
+                k = await c.lock("s", wait=10)
+                order.append(i)
+                await c.unlock("s", k)
+
+        async with trio.open_nursery() as n:
+            for i in range(5):
+                await n.start(waiter, i)
+                # Wait until the server has queued this waiter.
+                while len(server.node.locks._locks[b"s"].waiters) < i + 1:
+                    await trio.sleep(0.001)
+            await holder.unlock("s", key)
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_lock_wait_times_out_with_locked(nursery):
+    server = await start_server(nursery)
+    async with AsyncClient(*server.ports[0]) as a, AsyncClient(*server.ports[0]) as b:
+        await a.lock("s")
+        with pytest.raises(MsessionError) as exc:
+            await b.lock("s", wait=0.05)
+        assert exc.value.code == "LOCKED"
+        assert not server.node.locks._locks[b"s"].waiters
+
+
+async def test_lease_frees_the_lock_of_a_crashed_holder(nursery):
+    server = await start_server(nursery)
+    async with AsyncClient(*server.ports[0]) as a, AsyncClient(*server.ports[0]) as b:
+        await a.lock("s", lease=0.2)
+        with trio.fail_after(5):
+            key = await b.lock("s", wait=5)
+        assert key > 0
+        assert server.node.locks.lease_expiries == 1
+
+
+async def test_a_waiter_that_disconnects_hands_the_lock_on(nursery):
+    server = await start_server(nursery)
+    async with AsyncClient(*server.ports[0]) as a:
+        key = await a.lock("s")
+        stream = await trio.open_tcp_stream(*server.ports[0])
+        from protocol.codec import encode_request
+        from protocol.constants import Cmd
+
+        await stream.send_all(encode_request(1, Cmd.SLOCK, [b"s", 10000]))
+        while not server.node.locks._locks[b"s"].waiters:
+            await trio.sleep(0.001)
+        await stream.aclose()
+        while server.node.locks._locks[b"s"].waiters:
+            await trio.sleep(0.001)
+        await a.unlock("s", key)
+        assert server.node.locks.holder(b"s") == 0  # not granted to the departed client
+        assert await a.lock("s", wait=0) > 0
+
+
+async def test_async_failover(nursery):
+    server = await start_server(nursery)
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    async with AsyncClient(nodes=[f"127.0.0.1:{port}", "%s:%d" % server.ports[0]], connect_timeout=1) as c:
+        assert await c.ping() is True

@@ -1,0 +1,48 @@
+import pytest
+
+from node.config import Config, ConfigError, load
+
+
+def test_defaults():
+    cfg = load(env={})
+    assert (cfg.bind, cfg.port, cfg.session_timeout) == ("127.0.0.1", 8086, 1440)
+
+
+def test_file_then_environment_then_flags(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('port = 9000\nsession-timeout = 60\nlock_lease = 5\nplugins = ["stats"]\n')
+    cfg = load(str(f), env={"MSESSION_PORT": "9001", "MSESSION_PLUGINS": "stats,x:Y", "OTHER": "1"}, overrides={"port": 9002, "bind": None})
+    assert cfg.port == 9002
+    assert cfg.session_timeout == 60
+    assert cfg.lock_lease == 5.0
+    assert cfg.plugins == ["stats", "x:Y"]
+    assert cfg.bind == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"MSESSION_PORT": "http"}, "cannot use"),
+        ({"MSESSION_PORT": "70000"}, "port must be"),
+        ({"MSESSION_NOPE": "1"}, "unknown option"),
+        ({"MSESSION_MAX_FRAME": "10"}, "max_frame"),
+        ({"MSESSION_SESSION_TIMEOUT": "0"}, "must be positive"),
+        ({"MSESSION_LOG_LEVEL": "loud"}, "log_level"),
+    ],
+)
+def test_bad_values_are_clear_errors(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load(env=env)
+
+
+def test_unreadable_or_invalid_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(str(tmp_path / "missing.toml"), env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("port = = 3")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load(str(bad), env={})
+
+
+def test_client_variables_are_not_server_options():
+    assert load(env={"MSESSION_NODES": "a:1", "MSESSION_CONFIG": "x"}) == Config()

@@ -1,0 +1,194 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from node.hlc import HLC, wall_ms
+from node.store import Create, Drop, Hooks, IncVar, SetData, SetTimeout, SetVars, Store, StoreError
+
+
+def make(timeout=100, hooks=None):
+    return Store(default_timeout=timeout, hooks=hooks)
+
+
+def create(store, sid, now=0.0, **kw):
+    return store.apply(Create(sid, store.version(now), **kw), now)
+
+
+def test_create_get_drop():
+    s = make()
+    assert create(s, b"a", classname=b"cart", data=b"d") is True
+    sess = s.get(b"a", 1.0)
+    assert (sess.classname, sess.data, sess.ctime, sess.atime) == (b"cart", b"d", 0.0, 1.0)
+    with pytest.raises(StoreError) as exc:
+        create(s, b"a")
+    assert exc.value.name == "DUPSESSION"
+    assert s.apply(Drop(b"a", s.version(2.0)), 2.0) is True
+    assert s.apply(Drop(b"a", s.version(2.0)), 2.0) is True  # missing: not an error
+    assert s.get(b"a", 3.0) is None
+
+
+def test_setvars_needs_a_session_setdata_creates_one():
+    s = make()
+    with pytest.raises(StoreError) as exc:
+        s.apply(SetVars(b"x", s.version(0), {b"k": b"v"}), 0)
+    assert exc.value.name == "NOSESSION"
+    s.apply(SetData(b"x", s.version(0), b"blob"), 0)
+    assert s.get(b"x", 0).data == b"blob"
+
+
+def test_inc_counts_missing_as_zero_and_refuses_non_integers():
+    s = make()
+    create(s, b"a")
+    assert s.apply(IncVar(b"a", s.version(0), b"n"), 0) == 1
+    assert s.apply(IncVar(b"a", s.version(0), b"n", 41), 0) == 42
+    assert s.get(b"a", 0).values() == {b"n": b"42"}
+    s.apply(SetVars(b"a", s.version(0), {b"t": b"abc"}), 0)
+    with pytest.raises(StoreError) as exc:
+        s.apply(IncVar(b"a", s.version(0), b"t"), 0)
+    assert exc.value.name == "NOVALUE"
+    s.apply(SetVars(b"a", s.version(0), {b"big": str(2**63 - 1).encode()}), 0)
+    with pytest.raises(StoreError) as exc:
+        s.apply(IncVar(b"a", s.version(0), b"big"), 0)
+    assert exc.value.name == "BADARG"
+
+
+def test_older_versions_lose_per_variable():
+    s = make()
+    create(s, b"a")
+    v1, v2 = s.version(1), s.version(2)
+    s.apply(SetVars(b"a", v2, {b"x": b"new"}), 2)
+    s.apply(SetVars(b"a", v1, {b"x": b"old", b"y": b"only-old"}), 2)
+    assert s.get(b"a", 2).values() == {b"x": b"new", b"y": b"only-old"}
+    s.apply(SetData(b"a", v2, b"new"), 2)
+    s.apply(SetData(b"a", v1, b"old"), 2)
+    assert s.get(b"a", 2).data == b"new"
+
+
+updates = st.lists(
+    st.tuples(
+        st.sampled_from(["vars", "data"]),
+        st.dictionaries(st.sampled_from([b"a", b"b", b"c"]), st.binary(max_size=3), min_size=1, max_size=3),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@given(updates, st.permutations(range(6)))
+def test_replicas_applying_the_same_updates_in_any_order_agree(ups, perm):
+    stamped = []
+    for version, (kind, pairs) in enumerate(ups, start=1):
+        if kind == "vars":
+            stamped.append(SetVars(b"s", version, pairs))
+        else:
+            stamped.append(SetData(b"s", version, b"".join(pairs.values())))
+    order = [i for i in perm if i < len(stamped)]
+    states = []
+    for sequence in (stamped, [stamped[i] for i in order]):
+        r = make()
+        r.apply(Create(b"s", 0), 0)
+        for u in sequence:
+            r.apply(u, 0)
+        sess = r.get(b"s", 0)
+        states.append((sess.vars, sess.data))
+    assert states[0] == states[1]
+
+
+def test_hlc_is_monotonic_and_follows_wall_time():
+    clock = HLC()
+    a = clock.tick(1000.0)
+    b = clock.tick(999.0)  # the wall clock stepped back
+    c = clock.tick(1000.5)
+    assert a < b < c
+    assert wall_ms(c) == 1000500
+    assert clock.observe(c + 100, 0.0) > c + 100
+
+
+# -- expiry --------------------------------------------------------------
+
+
+def test_idle_session_expires_and_access_extends_it():
+    s = make(timeout=10)
+    create(s, b"a", now=0.0)
+    create(s, b"b", now=0.0)
+    assert s.get(b"a", 9.0) is not None  # touch: a now expires at 19
+    assert [x.sid for x in s.expire(10.0)] == [b"b"]
+    assert s.count(18.9) == 1
+    assert [x.sid for x in s.expire(19.0)] == [b"a"]
+    assert s.count(19.0) == 0
+    assert s.expired_total == 2
+
+
+def test_read_after_deadline_sees_nothing_even_before_expire_runs():
+    expired = []
+    s = make(timeout=10, hooks=Hooks(on_expire=[lambda x: expired.append(x.sid)]))
+    create(s, b"a")
+    assert s.get(b"a", 10.0) is None
+    assert expired == [b"a"]
+    assert s.expire(100.0) == []
+    assert expired == [b"a"]
+
+
+def test_timeout_change_rebuckets():
+    s = make(timeout=10)
+    create(s, b"a")
+    assert s.apply(SetTimeout(b"a", s.version(5), 100), 5.0) == 100
+    assert s.expire(50.0) == []
+    assert [x.sid for x in s.expire(105.0)] == [b"a"]
+
+
+def test_ctime_survives_and_recreated_session_is_new():
+    s = make(timeout=10)
+    create(s, b"a", now=0.0)
+    s.apply(Drop(b"a", s.version(1)), 1.0)
+    create(s, b"a", now=2.0)
+    assert s.get(b"a", 3.0).ctime == 2.0
+    assert [x.sid for x in s.expire(11.9)] == []
+    assert [x.sid for x in s.expire(13.0)] == [b"a"]
+
+
+def test_expire_work_is_proportional_to_what_expires():
+    """A million sessions, of which a thousand are due: expire() looks at those only."""
+    s = make(timeout=1000)
+    n = 1_000_000
+    for i in range(n - 1000):
+        s.apply(Create(b"%d" % i, i), 0.0)
+    for i in range(n - 1000, n):
+        s.apply(Create(b"%d" % i, i, timeout=10), 0.0)
+    assert len(s) == n
+    assert s.expire(9.0) == []
+    examined = []
+
+    class CountingDict(dict):
+        def pop(self, key, *default):
+            examined.append(key)
+            return super().pop(key, *default)
+
+    s._sessions = CountingDict(s._sessions)
+    gone = s.expire(10.0)
+    assert len(gone) == 1000 and len(examined) == 1000
+    assert len(s) == n - 1000
+    assert s.next_expiry() == 1000.0
+
+
+def test_hook_errors_do_not_lose_sessions():
+    def boom(session):
+        raise RuntimeError("plugin bug")
+
+    s = make(hooks=Hooks(on_create=[boom]))
+    create(s, b"a")
+    assert s.get(b"a", 0.0) is not None
+    assert s.hook_errors == 1
+
+
+def test_new_id_has_the_length_and_is_unused():
+    s = make()
+    ids = {s.new_id(32, 0.0) for _ in range(100)}
+    assert len(ids) == 100 and all(len(i) == 32 and i.isalnum() for i in ids)
+    # With every one-character id taken, no id can be found.
+    from node.store import ID_ALPHABET
+
+    for ch in ID_ALPHABET:
+        create(s, ch.encode())
+    with pytest.raises(StoreError):
+        s.new_id(1, 0.0)
