@@ -161,10 +161,10 @@ class Node:
         if version != PROTOCOL_VERSION:
             raise CommandError("BADVER", f"protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}")
         return {
-            b"version": PROTOCOL_VERSION,
-            b"server": SERVER_NAME.encode(),
-            b"max_frame": self.config.max_frame,
-            b"now": int(now),
+            "version": PROTOCOL_VERSION,
+            "server": SERVER_NAME,
+            "max_frame": self.config.max_frame,
+            "now": int(now),
         }
 
     def count(self, args, now):

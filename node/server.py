@@ -63,6 +63,7 @@ class Server:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serves until cancelled. ``task_status.started`` gets the bound addresses."""
+        _raise_file_limit(self.config.max_connections + 256)
         try:
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.bind)
         except OSError as exc:
@@ -224,6 +225,27 @@ class Server:
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 pass
         await trio.aclose_forcefully(stream)
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Lets the process hold ``wanted`` descriptors if the hard limit allows."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "max_connections needs about %d file descriptors but the limit is %d: "
+            "raise it (ulimit -n) or lower max_connections", wanted, soft,
+        )
 
 
 async def main_async(config: Config, ready: Callable[[list], None] | None = None) -> None:
