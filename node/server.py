@@ -26,6 +26,32 @@ from .config import Config
 log = logging.getLogger("msession.server")
 
 READ_SIZE = 65536
+SEND_THRESHOLD = 256 * 1024
+
+
+class RateLimitedLog:
+    """Logs at most ``burst`` lines per ``period`` seconds, then counts what it drops.
+
+    Any client can provoke a log line per bad frame; a flood must not fill the
+    disk or block the event loop on a full stderr pipe.
+    """
+
+    def __init__(self, logger: logging.Logger, burst: int = 20, period: float = 10.0):
+        self.logger, self.burst, self.period = logger, burst, period
+        self._window = -period
+        self._count = self._dropped = 0
+
+    def info(self, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._window >= self.period:
+            if self._dropped:
+                self.logger.info("%d similar log lines suppressed", self._dropped)
+            self._window, self._count, self._dropped = now, 0, 0
+        if self._count < self.burst:
+            self._count += 1
+            self.logger.info(msg, *args)
+        else:
+            self._dropped += 1
 
 
 class Counters:
@@ -58,6 +84,7 @@ class Server:
         self.counters = Counters()
         self.connections = 0
         self.ports: list[tuple[str, int]] = []
+        self._log = RateLimitedLog(log)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -86,7 +113,7 @@ class Server:
         self.counters.connections_total += 1
         if self.connections >= self.config.max_connections:
             self.counters.connections_refused += 1
-            log.warning("refusing a connection: %d connections open (max_connections)", self.connections)
+            self._log.info("refusing a connection: %d connections open (max_connections)", self.connections)
             await self._send_and_close(stream, encode_error(None, Err.BUSY, "too many connections"))
             return
         self.connections += 1
@@ -101,7 +128,7 @@ class Server:
 
     async def _serve_conn(self, conn: _Conn) -> None:
         cfg = self.config
-        partial_since: float | None = None
+        partial_since: float | None = None  # when the incomplete frame began
         while True:
             if partial_since is None:
                 budget = cfg.idle_timeout
@@ -119,23 +146,25 @@ class Server:
                         msg = f"idle for {cfg.idle_timeout:g} s: closing"
                     else:
                         msg = f"frame not completed within {cfg.frame_timeout:g} s: closing"
-                    log.info("%s: %s", conn.peer, msg)
+                    self._log.info("%s: %s", conn.peer, msg)
                     await self._send_and_close(conn.stream, encode_error(None, Err.TIMEOUT, msg))
                     return
                 conn.decoder.feed(data)
-            if not await self._run_frames(conn):
+            answered = await self._run_frames(conn)
+            if answered < 0 or conn.eof:
                 return
-            if conn.eof:
-                return
-            if conn.decoder.pending:
-                if partial_since is None:
-                    partial_since = trio.current_time()
-            else:
+            if not conn.decoder.pending:
                 partial_since = None
+            elif partial_since is None or answered:
+                partial_since = trio.current_time()  # a new frame has begun
 
-    async def _run_frames(self, conn: _Conn) -> bool:
-        """Answers every complete frame buffered; False when the connection must close."""
+    async def _run_frames(self, conn: _Conn) -> int:
+        """Answers every complete frame buffered.
+
+        Returns how many frames were answered, or -1 when the connection must close.
+        """
         out: list[bytes] = []
+        size = answered = 0
         while True:
             try:
                 body = conn.decoder.next_frame()
@@ -143,9 +172,10 @@ class Server:
                 self._bad(conn, exc.message)
                 out.append(encode_error(None, exc.code, exc.message))
                 await self._send_and_close(conn.stream, b"".join(out))
-                return False
+                return -1
             if body is None:
                 break
+            answered += 1
             try:
                 req = parse_request(body)
             except ProtocolError as exc:
@@ -156,22 +186,38 @@ class Server:
                 result = self.node.execute(req.cmd, req.args, self.clock())
                 if type(result) is LockWait:
                     if out:
-                        await conn.stream.send_all(b"".join(out))
+                        await self._send(conn, b"".join(out))
                         out.clear()
+                        size = 0
                     result = await self._wait_for_lock(conn, result)
                     if result is None:
-                        return False  # the client left while waiting
-                out.append(encode_ok(req.id, result))
+                        return -1  # the client left while waiting
+                answer = encode_ok(req.id, result)
             except CommandError as exc:
                 self.node.stats["errors"] += 1
-                out.append(encode_error(req.id, exc.code, exc.message))
+                answer = encode_error(req.id, exc.code, exc.message)
             except Exception as exc:  # a bug must not take the node down
                 log.exception("internal error on command %s", req.cmd)
-                out.append(encode_error(req.id, Err.UNKNOWN, f"internal error: {type(exc).__name__}"))
+                answer = encode_error(req.id, Err.UNKNOWN, f"internal error: {type(exc).__name__}")
             self.node.stats["commands"] += 1
+            out.append(answer)
+            size += len(answer)
+            if size >= SEND_THRESHOLD:  # do not let a burst of reads pile up answers
+                await self._send(conn, b"".join(out))
+                out.clear()
+                size = 0
         if out:
-            await conn.stream.send_all(b"".join(out))
-        return True
+            await self._send(conn, b"".join(out))
+        return answered
+
+    async def _send(self, conn: _Conn, data: bytes) -> None:
+        """Sends answers; a client that reads nothing for ``idle_timeout`` is dropped."""
+        with trio.move_on_after(self.config.idle_timeout):
+            await conn.stream.send_all(data)
+            return
+        self.counters.timeouts += 1
+        self._log.info("%s: not reading its answers for %g s: closing", conn.peer, self.config.idle_timeout)
+        raise trio.BrokenResourceError("client does not read")
 
     async def _wait_for_lock(self, conn: _Conn, lw: LockWait) -> Any:
         """Waits for a queued lock while watching the connection for EOF.
@@ -216,7 +262,7 @@ class Server:
 
     def _bad(self, conn: _Conn, message: str) -> None:
         self.counters.bad_frames += 1
-        log.info("%s: bad frame: %s", conn.peer, message)
+        self._log.info("%s: bad frame: %s", conn.peer, message)
 
     async def _send_and_close(self, stream: trio.SocketStream, data: bytes) -> None:
         with trio.move_on_after(1):

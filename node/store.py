@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import heapq
 import math
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .hlc import HLC
 
+_INTEGER = re.compile(rb"-?[0-9]{1,20}")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
@@ -198,10 +200,12 @@ class Store:
         if type(u) is IncVar:
             s = self.require(u.sid, now)
             old = s.vars.get(u.name)
-            try:
-                current = int(old[0]) if old is not None else 0
-            except ValueError:
-                raise StoreError("NOVALUE", "variable does not hold an integer") from None
+            if old is None:
+                current = 0
+            elif _INTEGER.fullmatch(old[0]):
+                current = int(old[0])
+            else:
+                raise StoreError("NOVALUE", "variable does not hold an integer")
             value = current + u.delta
             if not INT64_MIN <= value <= INT64_MAX:
                 raise StoreError("BADARG", "counter would overflow a signed 64-bit integer")

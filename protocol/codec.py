@@ -121,6 +121,8 @@ def parse_request(body: bytes) -> Request:
     """
     try:
         msg = msgpack.unpackb(body, raw=True, strict_map_key=False, use_list=True)
+    except msgpack.ExtraData as exc:
+        raise ProtocolError(Err.BADHDR, "frame holds more than one MessagePack value", _salvage_id(exc.unpacked)) from None
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(Err.BADHDR, f"frame is not valid MessagePack ({type(exc).__name__})") from None
     if not isinstance(msg, list) or len(msg) != 3:

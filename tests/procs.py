@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,40 +27,51 @@ class NodeProcess:
             cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         self.log = b""
+        self._closed = False
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
         self.host, self.port = self._wait_ready()
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def _drain(self) -> None:
+        # Reads stderr for as long as the process lives, so a chatty node never
+        # blocks on a full pipe.
+        fd = self.proc.stderr.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            with self._cond:
+                self.log += chunk
+                self._cond.notify_all()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
     def _wait_ready(self, timeout: float = 15.0) -> tuple[str, int]:
         deadline = time.monotonic() + timeout
-        fd = self.proc.stderr.fileno()
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                self.log += chunk
+        with self._cond:
+            while True:
                 m = READY.search(self.log)
                 if m:
                     return m.group(1).decode(), int(m.group(2))
-            elif self.proc.poll() is not None:
-                break
+                left = deadline - time.monotonic()
+                if self._closed or left <= 0:
+                    break
+                self._cond.wait(min(left, 0.1))
         self.stop()
         raise RuntimeError(f"node did not start: {self.log.decode(errors='replace')}")
 
     def read_log(self) -> str:
-        if self.proc.stderr.closed:
+        with self._cond:
             return self.log.decode(errors="replace")
-        fd = self.proc.stderr.fileno()
-        while select.select([fd], [], [], 0)[0]:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            self.log += chunk
-        return self.log.decode(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
@@ -70,7 +81,6 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.read_log()
-        if not self.proc.stderr.closed:
-            self.proc.stderr.close()
+        self._reader.join(5)
+        self.proc.stderr.close()
         return self.proc.returncode
