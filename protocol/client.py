@@ -222,6 +222,35 @@ class _Commands:
         return self._call(Cmd.CTL, [_b(session), int(code)], _ident)
 
 
+def _check_retry(exc: Exception, safe: bool, attempts_left: int) -> None:
+    """Raises unless a failed exchange may be tried again on the next node."""
+    if isinstance(exc, MsessionError) and exc.code not in ("BUSY", "TIMEOUT"):
+        raise exc
+    if not safe:
+        raise MsessionError("BADCONN", f"node failed during a request that may have been applied: {exc!r}") from None
+    if attempts_left <= 0:
+        raise MsessionError("BADCONN", f"request failed on every node: {exc!r}") from None
+
+
+class _ClientBase(_Commands):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        nodes: Iterable[str] | None = None,
+        timeout: float = 10.0,
+        connect_timeout: float = 2.0,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ):
+        self.nodes = _nodes(host, port, nodes)
+        self.request_timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_frame = max_frame
+        self._next = 0  # index of the node to try first
+        self.server_info: dict = {}
+
+
 def _result(resp: Response, convert: Callable) -> Any:
     if not resp.ok:
         raise MsessionError(error_name(resp.code), resp.message)
@@ -236,8 +265,18 @@ def _lock_wait(cmd: int, args: list) -> float:
 
 
 class _PipelineBase(_Commands):
-    def __init__(self):
+    def __init__(self, client):
+        self._client = client
         self._queued: list[tuple[int, list, Callable]] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._queued = []
+
+    def _requests(self) -> list[tuple[int, list]]:
+        return [(cmd, args) for cmd, args, _ in self._queued]
 
     def _call(self, cmd, args, convert):
         self._queued.append((cmd, args, convert))
@@ -296,26 +335,10 @@ class _SyncConn:
             pass
 
 
-class Client(_Commands):
+class Client(_ClientBase):
     """Blocking client. ``Client(host, port)`` or ``Client(nodes=["h1:8086", "h2:8086"])``."""
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = DEFAULT_PORT,
-        *,
-        nodes: Iterable[str] | None = None,
-        timeout: float = 10.0,
-        connect_timeout: float = 2.0,
-        max_frame: int = DEFAULT_MAX_FRAME,
-    ):
-        self.nodes = _nodes(host, port, nodes)
-        self.request_timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.max_frame = max_frame
-        self._conn: _SyncConn | None = None
-        self._next = 0  # index of the node to try first
-        self.server_info: dict = {}
+    _conn: _SyncConn | None = None
 
     def __enter__(self):
         return self
@@ -363,12 +386,7 @@ class Client(_Commands):
                 self.close()
                 self._next = (self._next + 1) % len(self.nodes)
                 attempts -= 1
-                if isinstance(exc, MsessionError) and exc.code not in ("BUSY", "TIMEOUT"):
-                    raise
-                if not safe:
-                    raise MsessionError("BADCONN", f"node failed during a request that may have been applied: {exc}") from None
-                if attempts <= 0:
-                    raise MsessionError("BADCONN", f"request failed on every node: {exc}") from None
+                _check_retry(exc, safe, attempts)
 
     def _call(self, cmd, args, convert):
         (resp,) = self._exchange([(cmd, args)])
@@ -381,20 +399,10 @@ class Client(_Commands):
 class Pipeline(_PipelineBase):
     """Queues calls and sends them in one write: ``execute()`` returns the results."""
 
-    def __init__(self, client: Client):
-        super().__init__()
-        self._client = client
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._queued = []
-
     def execute(self, raise_on_error: bool = True) -> list:
         if not self._queued:
             return []
-        responses = self._client._exchange([(cmd, args) for cmd, args, _ in self._queued])
+        responses = self._client._exchange(self._requests())
         return self._collect(responses, raise_on_error)
 
 
@@ -452,7 +460,7 @@ class _AsyncConn:
         return [slot.response for _, slot in slots]  # type: ignore[misc]
 
 
-class AsyncClient(_Commands):
+class AsyncClient(_ClientBase):
     """trio client with ``Client``'s methods (awaited). Tasks may share one:
     their requests are pipelined on one connection.
 
@@ -460,24 +468,11 @@ class AsyncClient(_Commands):
             await c.set("s1", "user", "alice")
     """
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = DEFAULT_PORT,
-        *,
-        nodes: Iterable[str] | None = None,
-        timeout: float = 10.0,
-        connect_timeout: float = 2.0,
-        max_frame: int = DEFAULT_MAX_FRAME,
-    ):
-        self.nodes = _nodes(host, port, nodes)
-        self.request_timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.max_frame = max_frame
-        self._conn: _AsyncConn | None = None
+    _conn: _AsyncConn | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self._connecting = trio.Lock()
-        self._next = 0
-        self.server_info: dict = {}
 
     async def __aenter__(self):
         return self
@@ -530,12 +525,7 @@ class AsyncClient(_Commands):
                     await self.close()
                     self._next = (self._next + 1) % len(self.nodes)
                 attempts -= 1
-                if isinstance(exc, MsessionError) and exc.code not in ("BUSY", "TIMEOUT"):
-                    raise
-                if not safe:
-                    raise MsessionError("BADCONN", f"node failed during a request that may have been applied: {exc!r}") from None
-                if attempts <= 0:
-                    raise MsessionError("BADCONN", f"request failed on every node: {exc!r}") from None
+                _check_retry(exc, safe, attempts)
 
     async def _call(self, cmd, args, convert):
         (resp,) = await self._exchange([(cmd, args)])
@@ -546,18 +536,10 @@ class AsyncClient(_Commands):
 
 
 class AsyncPipeline(_PipelineBase):
-    def __init__(self, client: AsyncClient):
-        super().__init__()
-        self._client = client
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._queued = []
+    """``Pipeline`` for ``AsyncClient``: ``await p.execute()``."""
 
     async def execute(self, raise_on_error: bool = True) -> list:
         if not self._queued:
             return []
-        responses = await self._client._exchange([(cmd, args) for cmd, args, _ in self._queued])
+        responses = await self._client._exchange(self._requests())
         return self._collect(responses, raise_on_error)
