@@ -1,0 +1,236 @@
+"""Starting, watching and stopping the two servers (loopback only, killed by PID).
+
+Both run as our child processes, each in its own session (so a Ctrl-C at the
+terminal reaches only the bench, which then stops them in order) and with
+``PR_SET_PDEATHSIG`` set, so that even a ``kill -9`` of the bench does not leave
+them running.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(rb"msession listening on (\S+):(\d+)")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """Something the bench cannot go on without; the message says what and why."""
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_cpu() -> tuple[float, float, float]:
+    """(busy, idle, steal) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq
+    return busy / CLK_TCK, (idle + iowait) / CLK_TCK, steal / CLK_TCK
+
+
+def die_with_parent() -> None:
+    """Asks the kernel to SIGKILL this process when its parent dies (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: new session, and SIGKILL when the bench process dies."""
+    os.setsid()
+    die_with_parent()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Child:
+    name = "server"
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.logfile = tempfile.NamedTemporaryFile(prefix=f"bench-{self.name}-", suffix=".log", delete=False)
+        self.host = "127.0.0.1"
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return Path(self.logfile.name).read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL, by PID; idempotent."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+            except ProcessLookupError:
+                pass
+        try:
+            self.logfile.close()
+            os.unlink(self.logfile.name)
+        except OSError:
+            pass
+
+
+DEFAULT_NODE_CMD = [sys.executable, "-m", "node.cli", "serve", "--bind", "127.0.0.1", "--port", "0"]
+
+
+class MsessionServer(_Child):
+    name = "msession"
+
+    def __init__(self, command: list[str] | None = None):
+        super().__init__()
+        self.command = command or DEFAULT_NODE_CMD
+
+    def start(self, timeout: float = 15.0) -> "MsessionServer":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
+        self.proc = subprocess.Popen(
+            self.command,
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=self.logfile, preexec_fn=_die_with_parent,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = READY.search(Path(self.logfile.name).read_bytes())
+            if m:
+                self.host, self.port = m.group(1).decode(), int(m.group(2))
+                if not _is_loopback(self.host):
+                    self.stop()
+                    raise BenchError(f"the msession node listens on {self.host}, not a loopback address")
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        log = self.log()
+        self.stop()
+        raise BenchError(f"the msession node did not start:\n{log}")
+
+
+def find_redis(install: bool = True) -> str:
+    """The redis-server binary; installs the Debian package when root and it is missing."""
+    path = shutil.which("redis-server") or next(
+        (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.access(p, os.X_OK)), None
+    )
+    if path:
+        return path
+    if install and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("bench: redis-server not found; installing it with apt-get (we are root)", file=sys.stderr)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "redis-server"]
+        if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
+            subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)
+        return find_redis(install=False)
+    raise BenchError(
+        "redis-server is not installed. Install it with `sudo apt-get install redis-server` "
+        "(Debian/Ubuntu; or run `bash deploy/install.sh --test` as root), then run the bench again."
+    )
+
+
+def redis_version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    m = re.search(r"v=(\S+)", out)
+    return m.group(1) if m else out.strip()
+
+
+class RedisServer(_Child):
+    name = "redis"
+
+    def __init__(self, binary: str):
+        super().__init__()
+        self.binary = binary
+        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
+
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> "RedisServer":
+        last = ""
+        for _ in range(attempts):
+            self.port = free_port()
+            self.proc = subprocess.Popen(
+                [
+                    self.binary, "--bind", "127.0.0.1", "--port", str(self.port),
+                    "--save", "", "--appendonly", "no", "--daemonize", "no",
+                    "--dir", self.dir, "--logfile", "", "--protected-mode", "yes",
+                ],
+                cwd=self.dir, stdin=subprocess.DEVNULL, stdout=self.logfile, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+            if self._wait_ready(timeout):
+                return self
+            last = self.log()
+            self._kill()
+        self.stop()
+        raise BenchError(f"redis-server did not start:\n{last}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=1) as s:
+                    s.sendall(b"*1\r\n$4\r\nPING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return False
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        super().stop(timeout)
+        shutil.rmtree(self.dir, ignore_errors=True)
