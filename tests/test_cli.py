@@ -2,13 +2,19 @@
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from procs import ROOT, NodeProcess
+from protocol.client import Client
+from protocol.codec import encode_request
+from protocol.constants import Cmd
 
 
 def run(node, *args, check=True, env=None):
@@ -139,3 +145,26 @@ def test_serve_reports_a_port_in_use(node):
         cwd=ROOT, capture_output=True, timeout=30,
     )
     assert proc.returncode != 0 and b"cannot listen on 127.0.0.1:" in proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_is_clean_with_busy_connections(sig):
+    """Open connections, a held lock and a waiting locker do not delay or break shutdown."""
+    node = NodeProcess()
+    holder = Client(port=node.port)
+    waiter_sock = socket.create_connection((node.host, node.port))
+    try:
+        holder.lock("s")
+        waiter_sock.sendall(encode_request(1, Cmd.SLOCK, [b"s", 60000]))
+        idle = socket.create_connection((node.host, node.port))
+        started = time.monotonic()
+        assert node.stop(sig) == 0
+        assert time.monotonic() - started < 5
+        assert waiter_sock.recv(100) == b""  # closed, not answered with a lock
+        idle.close()
+    finally:
+        holder.close()
+        waiter_sock.close()
+        node.stop()
+    log = node.read_log()
+    assert "shutting down" in log and "Traceback" not in log
