@@ -79,7 +79,7 @@ class _Conn:
     end cannot starve the others.
     """
 
-    __slots__ = ("sock", "decoder", "eof", "peer", "scope")
+    __slots__ = ("sock", "decoder", "eof", "peer", "scope", "cut")
 
     def __init__(self, sock: socket.socket, addr: Any, max_frame: int):
         self.sock = sock
@@ -87,6 +87,7 @@ class _Conn:
         self.eof = False
         self.peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
         self.scope = trio.CancelScope()  # its deadline carries the idle and frame timeouts
+        self.cut = False  # an answer was cut off mid-send: nothing more may be sent
 
     async def recv(self) -> bytes:
         """The next bytes from the client; b"" at end of stream."""
@@ -105,7 +106,11 @@ class _Conn:
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
+                try:
+                    await trio.lowlevel.wait_writable(self.sock)
+                except trio.Cancelled:
+                    self.cut = view.nbytes < len(data)
+                    raise
                 continue
             except OSError as exc:
                 raise ConnectionError(str(exc)) from None
@@ -225,6 +230,11 @@ class Server:
                     conn.scope.deadline = now + min(cfg.frame_timeout, cfg.idle_timeout)
         if conn.scope.cancelled_caught:
             self.counters.timeouts += 1
+            if conn.cut:
+                # The client stopped reading in the middle of an answer: a
+                # TIMEOUT frame now would land inside that answer.
+                self._log.info("%s: not reading its answers for %g s: closing", conn.peer, cfg.idle_timeout)
+                return
             if partial_since is not None:
                 msg = f"frame not completed within {cfg.frame_timeout:g} s: closing"
             else:

@@ -10,7 +10,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from node.config import Config  # noqa: E402
 from node.server import Server  # noqa: E402
-from procs import NodeProcess  # noqa: E402
+from procs import NodeProcess, stop_all  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_outlives_the_tests():
+    yield
+    stop_all()
 
 
 @pytest.fixture

@@ -12,7 +12,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.servers import die_with_parent  # noqa: E402
 READY = re.compile(rb"msession listening on (\S+):(\d+)")
+
+
+_live: "set[NodeProcess]" = set()
+
+
+def stop_all() -> None:
+    """Stops every node a test started and left running (called at session end)."""
+    for node in list(_live):
+        node.stop(signal.SIGKILL)
 
 
 class NodeProcess:
@@ -25,7 +37,9 @@ class NodeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "node.cli", *self.args],
             cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent,  # even a SIGKILLed test run leaves no node behind
         )
+        _live.add(self)
         self.log = b""
         self._closed = False
         self._cond = threading.Condition()
@@ -83,4 +97,5 @@ class NodeProcess:
                 self.proc.wait()
         self._reader.join(5)
         self.proc.stderr.close()
+        _live.discard(self)
         return self.proc.returncode

@@ -888,6 +888,16 @@ async def test_client_that_never_reads_is_dropped(nursery):
     with trio.move_on_after(4):
         await wait_until(lambda: server.connections == 0, timeout=5)
     assert server.connections == 0, "a client that never reads still holds its connection"
+    # What the node did send is whole answers, then at most one answer cut
+    # short: no TIMEOUT frame written into the middle of an answer.
+    with trio.fail_after(IO_TIMEOUT):
+        while await w._fill():
+            pass
+    bodies, rest = split_frames(w.buf)
+    answers = [unpack_response(b) for b in bodies]
+    assert [a[0] for a in answers] == list(range(10, 10 + len(answers)))
+    assert all(a[1] == OK and a[2] == b"x" * 1_000_000 for a in answers)
+    assert b"closing" not in rest[-200:]
     await w.close()
 
 
