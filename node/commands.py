@@ -10,7 +10,7 @@ waited for, returns a ``LockWait`` that the I/O layer waits on (see
 
 from __future__ import annotations
 
-import secrets
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -94,9 +94,11 @@ def _typename(value: Any) -> str:
 class Node:
     """One node's state and the contract's semantics."""
 
-    def __init__(self, config: Config, clock: Callable[[], float]):
+    def __init__(self, config: Config, clock: Callable[[], float], lock_clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.clock = clock
+        # Leases run on a monotonic clock: a wall-clock step must not end them.
+        self.lock_clock = lock_clock
         self.store = st.Store(default_timeout=config.session_timeout)
         self.locks = LockTable()
         self.plugins = PluginManager()
@@ -164,6 +166,8 @@ class Node:
             "version": PROTOCOL_VERSION,
             "server": SERVER_NAME,
             "max_frame": self.config.max_frame,
+            "max_id_len": self.config.max_id_len,
+            "max_name_len": self.config.max_name_len,
             "now": int(now),
         }
 
@@ -287,8 +291,7 @@ class Node:
 
     def randstr(self, args, now):
         _arity(args, 1, 1, "RANDSTR num_chars")
-        length = _int(args[0], "num_chars", 1, self.config.max_randstr_len)
-        return "".join(secrets.choice(st.ID_ALPHABET) for _ in range(length)).encode()
+        return st.random_id(_int(args[0], "num_chars", 1, self.config.max_randstr_len))
 
     def slock(self, args, now):
         _arity(args, 1, 3, "SLOCK session [wait_ms [lease_ms]]")
@@ -301,7 +304,7 @@ class Node:
         if lease <= 0:
             raise CommandError("BADARG", "lease_ms must be positive")
         self.store.get(sid, now)  # a lock is an access
-        key = self.locks.try_acquire(sid, now, lease)
+        key = self.locks.try_acquire(sid, self.lock_clock(), lease)
         if key:
             return key
         if wait <= 0:
@@ -314,8 +317,7 @@ class Node:
         _arity(args, 2, 2, "SUNLOCK session key")
         sid = self._sid(args[0])
         key = _int(args[1], "key", 0, 2**64 - 1)
-        granted = self.locks.release(sid, key, now)
-        self.wake(granted)
+        self.wake(self.locks.release(sid, key, self.lock_clock()))
         return key
 
     def plugin(self, args, now):
@@ -348,6 +350,11 @@ class Node:
 
     # -- time ----------------------------------------------------------------
 
+    def unlock_abandoned(self, sid: bytes, key: int) -> None:
+        """Hands on a lock granted to a client that will never hear of it."""
+        if self.locks.holder(sid) == key:
+            self.wake(self.locks.release(sid, key, self.lock_clock()))
+
     def wake(self, granted: list[Waiter]) -> None:
         for waiter in granted:
             if waiter.handle is not None:
@@ -356,6 +363,11 @@ class Node:
     def housekeeping(self, now: float) -> float:
         """Expires sessions and lock leases; returns when to run again."""
         self.store.expire(now)
-        self.wake(self.locks.expire(now))
-        due = [t for t in (self.store.next_expiry(), self.locks.next_deadline()) if t is not None]
-        return min(due + [now + 1.0])
+        mono = self.lock_clock()
+        self.wake(self.locks.expire(mono))
+        due = [now + 1.0]
+        if self.store.next_expiry() is not None:
+            due.append(self.store.next_expiry())
+        if self.locks.next_deadline() is not None:
+            due.append(now + self.locks.next_deadline() - mono)
+        return min(due)

@@ -34,6 +34,7 @@ log = logging.getLogger("msession.server")
 
 READ_SIZE = 65536
 SEND_THRESHOLD = 256 * 1024
+YIELD_EVERY = 64  # requests answered in a row before other connections get a turn
 
 
 class RateLimitedLog:
@@ -127,30 +128,36 @@ class Server:
         self.ports: list[tuple[str, int]] = []
         self._log = RateLimitedLog(log)
         self._encoder = Encoder()
+        self._listeners: list[socket.socket] = []
 
     # -- lifecycle -------------------------------------------------------------
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Serves until cancelled. ``task_status.started`` gets the bound addresses."""
+    async def listen(self) -> list[tuple[str, int]]:
+        """Opens the listening sockets; raises SystemExit with a clear message."""
         _raise_file_limit(self.config.max_connections + 256)
         try:
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.bind)
         except OSError as exc:
             raise SystemExit(f"msession: cannot listen on {self.config.bind}:{self.config.port}: {exc.strerror}") from None
-        socks = []
         for ln in listeners:  # plain non-blocking sockets from here on
             sock = socket.socket(fileno=ln.socket.detach())
             sock.setblocking(False)
-            socks.append(sock)
-        self.ports = [sock.getsockname()[:2] for sock in socks]
+            self._listeners.append(sock)
+        self.ports = [sock.getsockname()[:2] for sock in self._listeners]
+        return self.ports
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serves until cancelled. ``task_status.started`` gets the bound addresses."""
+        if not self._listeners:
+            await self.listen()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._housekeeping)
-                for sock in socks:
+                for sock in self._listeners:
                     nursery.start_soon(self._accept, sock, nursery)
                 task_status.started(self.ports)
         finally:
-            for sock in socks:
+            for sock in self._listeners:
                 _close(sock)
 
     async def _housekeeping(self) -> None:
@@ -215,17 +222,23 @@ class Server:
                     conn.eof = True
                     return
                 now = trio.current_time()
+                conn.decoder.feed(data)
                 if partial_since is None:
                     self._extend_idle(conn, now)
-                conn.decoder.feed(data)
+                elif conn.decoder.has_frame():
+                    # The frame that was pending is complete: answering it is
+                    # under the idle deadline, not the frame deadline.
+                    partial_since = None
+                    conn.scope.deadline = now + cfg.idle_timeout * 1.25
                 answered = await self._run_frames(conn)
                 if answered < 0 or conn.eof:
                     return
+                now = trio.current_time()  # answering may have waited for a lock
                 if not conn.decoder.pending:
                     if partial_since is not None:
                         partial_since = None
                         conn.scope.deadline = now + cfg.idle_timeout * 1.25
-                elif partial_since is None or answered:
+                elif partial_since is None:
                     partial_since = now  # a new frame has begun
                     conn.scope.deadline = now + min(cfg.frame_timeout, cfg.idle_timeout)
         if conn.scope.cancelled_caught:
@@ -270,14 +283,15 @@ class Server:
             try:
                 result = self.node.execute(req.cmd, req.args, self.clock())
                 if type(result) is LockWait:
-                    if out:
-                        await conn.send(b"".join(out))
-                        out.clear()
-                        size = 0
-                    result = await self._wait_for_lock(conn, result)
+                    flush = b"".join(out)
+                    out.clear()
+                    size = 0
+                    result = await self._wait_for_lock(conn, result, flush)
                     if result is None:
                         return -1  # the client left while waiting
                 answer = encoder.ok(req.id, result)
+            except ConnectionError:
+                raise
             except CommandError as exc:
                 self.node.stats["errors"] += 1
                 answer = encoder.error(req.id, exc.code, exc.message)
@@ -291,50 +305,59 @@ class Server:
                 await conn.send(b"".join(out))
                 out.clear()
                 size = 0
+            if answered % YIELD_EVERY == 0:
+                await trio.lowlevel.checkpoint()  # a long pipeline must not starve the others
         if out:
             await conn.send(b"".join(out))
         return answered
 
-    async def _wait_for_lock(self, conn: _Conn, lw: LockWait) -> Any:
-        """Waits for a queued lock while watching the connection for EOF.
+    async def _wait_for_lock(self, conn: _Conn, lw: LockWait, flush: bytes) -> Any:
+        """Sends ``flush`` (earlier answers), then waits for a queued lock while
+        watching the connection for EOF.
 
-        Returns the key, None if the client went away, or raises LOCKED.
+        Returns the key, None if the client went away, or raises LOCKED. On
+        every other way out the waiter leaves the queue, or hands on a lock
+        granted to it meanwhile: a lock is never left to a client that will not
+        hear of it.
         """
         event = trio.Event()
-        lw.waiter.handle = event.set
-        left = False
+        lw.waiter.handle = event.set  # before any await: a grant must not be missed
+        left = delivered = False
         saved_deadline, conn.scope.deadline = conn.scope.deadline, math.inf
         try:
-            async with trio.open_nursery() as nursery:
+            if flush:
+                await conn.send(flush)
+            if not lw.waiter.key:
+                async with trio.open_nursery() as nursery:
 
-                async def watch() -> None:
-                    nonlocal left
-                    while conn.decoder.pending <= self.config.max_frame:
-                        data = await conn.recv()
-                        if not data:
-                            left = conn.eof = True
-                            nursery.cancel_scope.cancel()
-                            return
-                        conn.decoder.feed(data)
-                    await trio.sleep_forever()  # enough buffered: stop reading
+                    async def watch() -> None:
+                        nonlocal left
+                        while conn.decoder.pending <= self.config.max_frame:
+                            data = await conn.recv()
+                            if not data:
+                                left = conn.eof = True
+                                nursery.cancel_scope.cancel()
+                                return
+                            conn.decoder.feed(data)
+                        await trio.sleep_forever()  # enough buffered: stop reading
 
-                nursery.start_soon(watch)
-                with trio.move_on_after(lw.wait):
-                    await event.wait()
-                nursery.cancel_scope.cancel()
+                    nursery.start_soon(watch)
+                    with trio.move_on_after(lw.wait):
+                        await event.wait()
+                    nursery.cancel_scope.cancel()
+            if left:
+                return None
+            if not lw.waiter.key:
+                raise CommandError("LOCKED", f"session still locked after waiting {lw.wait:g} s")
+            delivered = True
+            return lw.waiter.key
         finally:
+            if not delivered:
+                if lw.waiter.key:
+                    self.node.unlock_abandoned(lw.sid, lw.waiter.key)
+                else:
+                    self.node.locks.cancel(lw.sid, lw.waiter)
             conn.scope.deadline = max(saved_deadline, trio.current_time() + self.config.idle_timeout)
-        key = lw.waiter.key
-        if left:
-            if key:
-                self.node.wake(self.node.locks.release(lw.sid, key, self.clock()))
-            else:
-                self.node.locks.cancel(lw.sid, lw.waiter)
-            return None
-        if not key:
-            self.node.locks.cancel(lw.sid, lw.waiter)
-            raise CommandError("LOCKED", f"session still locked after waiting {lw.wait:g} s")
-        return key
 
     def _bad(self, conn: _Conn, message: str) -> None:
         self.counters.bad_frames += 1
@@ -347,8 +370,8 @@ class Server:
         destroy our answer before the client reads it; so: send, shut down our
         side, discard what the client still sends (at most 1 s, 4 MiB), close.
         """
-        with trio.move_on_after(1):
-            try:
+        try:
+            with trio.move_on_after(1):
                 await conn.send(data)
                 conn.sock.shutdown(socket.SHUT_WR)
                 drained = 0
@@ -357,9 +380,10 @@ class Server:
                     if not chunk:
                         break
                     drained += len(chunk)
-            except OSError:
-                pass
-        _close(conn.sock)
+        except OSError:
+            pass
+        finally:
+            _close(conn.sock)
 
 
 def _close(sock: socket.socket) -> None:
@@ -392,6 +416,7 @@ def _raise_file_limit(wanted: int) -> None:
 async def main_async(config: Config, ready: Callable[[list], None] | None = None) -> None:
     """Runs a node until SIGTERM or SIGINT, then shuts down cleanly."""
     server = Server(config)
+    await server.listen()  # outside the nursery, so a busy port is one clear line
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             ports = await nursery.start(server.run)

@@ -36,6 +36,19 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
+_ALPHABET_BYTES = ID_ALPHABET.encode()
+_UNBIASED = 256 - 256 % len(ID_ALPHABET)  # bytes below this map evenly onto the alphabet
+
+
+def random_id(length: int) -> bytes:
+    """``length`` characters of [a-zA-Z0-9] from the OS CSPRNG (never /dev/random)."""
+    out = bytearray()
+    while len(out) < length:
+        chunk = secrets.token_bytes(length - len(out) + 16)
+        out += bytes(_ALPHABET_BYTES[b % len(ID_ALPHABET)] for b in chunk if b < _UNBIASED)
+    return bytes(out[:length])
+
+
 class StoreError(Exception):
     """A contract error: ``name`` is an error name of the protocol."""
 
@@ -233,7 +246,7 @@ class Store:
     def new_id(self, length: int, now: float, taken: Callable[[bytes], bool] = lambda sid: False, tries: int = 16) -> bytes:
         """A random id of ``length`` characters naming no live session."""
         for _ in range(tries):
-            sid = "".join(secrets.choice(ID_ALPHABET) for _ in range(length)).encode()
+            sid = random_id(length)
             if self.get(sid, now, touch=False) is None and not taken(sid):
                 return sid
         raise StoreError("DUPSESSION", f"no unused id of {length} characters found")

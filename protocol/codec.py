@@ -79,6 +79,14 @@ class FrameDecoder:
         self._pos = end
         return body
 
+    def has_frame(self) -> bool:
+        """Whether a complete frame (or an oversize length) is buffered."""
+        available = len(self._buf) - self._pos
+        if available < HEADER_SIZE:
+            return False
+        (length,) = _HEADER.unpack_from(self._buf, self._pos)
+        return length > self.max_frame or available >= HEADER_SIZE + length
+
     @property
     def pending(self) -> int:
         """Bytes of an incomplete frame waiting in the buffer."""
