@@ -145,6 +145,7 @@ def test_serve_reports_a_port_in_use(node):
         cwd=ROOT, capture_output=True, timeout=30,
     )
     assert proc.returncode != 0 and b"cannot listen on 127.0.0.1:" in proc.stderr
+    assert b"Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

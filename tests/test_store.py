@@ -159,14 +159,32 @@ def test_expire_work_is_proportional_to_what_expires():
     assert s.expire(9.0) == []
     examined = []
 
+    scans = []
+
     class CountingDict(dict):
         def pop(self, key, *default):
             examined.append(key)
             return super().pop(key, *default)
 
+        def __iter__(self):
+            scans.append("iter")
+            return super().__iter__()
+
+        def values(self):
+            scans.append("values")
+            return super().values()
+
+        def items(self):
+            scans.append("items")
+            return super().items()
+
+        def keys(self):
+            scans.append("keys")
+            return super().keys()
+
     s._sessions = CountingDict(s._sessions)
     gone = s.expire(10.0)
-    assert len(gone) == 1000 and len(examined) == 1000
+    assert len(gone) == 1000 and len(examined) == 1000 and scans == []
     assert len(s) == n - 1000
     assert s.next_expiry() == 1000.0
 
