@@ -24,6 +24,7 @@ applied.
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from typing import Any, Callable, Iterable
@@ -35,7 +36,9 @@ from .constants import DEFAULT_MAX_FRAME, DEFAULT_PORT, PROTOCOL_VERSION, Cmd, C
 
 __all__ = ["Client", "AsyncClient", "MsessionError", "parse_node"]
 
-_NOT_IDEMPOTENT = frozenset({Cmd.CREATE, Cmd.INC, Cmd.UNIQ, Cmd.SLOCK, Cmd.SUNLOCK})
+_NOT_IDEMPOTENT = frozenset({Cmd.CREATE, Cmd.INC, Cmd.UNIQ, Cmd.SLOCK, Cmd.SUNLOCK, Cmd.PLUGIN, Cmd.CALL})
+DEFAULT_MAX_ANSWER = 256 * 1024 * 1024  # LIST of a million sessions is ~40 MB
+_CONCURRENT_SEND = 64 * 1024  # batches above this are sent while answers are read
 
 
 class MsessionError(Exception):
@@ -222,14 +225,41 @@ class _Commands:
         return self._call(Cmd.CTL, [_b(session), int(code)], _ident)
 
 
+class _NotExecuted(Exception):
+    """The node refused the connection (BUSY) or closed it (TIMEOUT) before it
+    ran any of our requests: they may be sent to another node, whatever they are."""
+
+    def __init__(self, error: MsessionError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _connection_error(resp: Response, answered: bool) -> Exception:
+    """The exception for an answer with a nil id: the node is closing the connection."""
+    error = MsessionError(error_name(resp.code), resp.message)
+    if not answered and error.code in ("BUSY", "TIMEOUT"):
+        return _NotExecuted(error)  # answers come in order: none of ours ran
+    return error
+
+
 def _check_retry(exc: Exception, safe: bool, attempts_left: int) -> None:
     """Raises unless a failed exchange may be tried again on the next node."""
-    if isinstance(exc, MsessionError) and exc.code not in ("BUSY", "TIMEOUT"):
+    if isinstance(exc, _NotExecuted):
+        if attempts_left <= 0:
+            raise exc.error from None
+        return
+    if isinstance(exc, MsessionError):
         raise exc
     if not safe:
         raise MsessionError("BADCONN", f"node failed during a request that may have been applied: {exc!r}") from None
     if attempts_left <= 0:
         raise MsessionError("BADCONN", f"request failed on every node: {exc!r}") from None
+
+
+def _check_size(data: bytes, server_info: dict) -> None:
+    limit = server_info.get("max_frame", DEFAULT_MAX_FRAME) + 4
+    if len(data) > limit:
+        raise MsessionError("BADLEN", f"request of {len(data) - 4} bytes exceeds the node's max_frame of {limit - 4}")
 
 
 class _ClientBase(_Commands):
@@ -241,12 +271,12 @@ class _ClientBase(_Commands):
         nodes: Iterable[str] | None = None,
         timeout: float = 10.0,
         connect_timeout: float = 2.0,
-        max_frame: int = DEFAULT_MAX_FRAME,
+        max_answer: int = DEFAULT_MAX_ANSWER,
     ):
         self.nodes = _nodes(host, port, nodes)
         self.request_timeout = timeout
         self.connect_timeout = connect_timeout
-        self.max_frame = max_frame
+        self.max_answer = max_answer
         self._next = 0  # index of the node to try first
         self.server_info: dict = {}
 
@@ -300,33 +330,54 @@ class _PipelineBase(_Commands):
 
 
 class _SyncConn:
-    def __init__(self, addr: tuple[str, int], connect_timeout: float, max_frame: int):
+    def __init__(self, addr: tuple[str, int], connect_timeout: float, max_answer: int):
         self.addr = addr
         self.sock = socket.create_connection(addr, timeout=connect_timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.proto = ClientProtocol(max_frame)
-        self.pending: dict[int, Response] = {}
+        self.sock.setblocking(False)
+        self.proto = ClientProtocol(max_answer)
 
-    def exchange(self, requests: list[tuple[int, list]], timeout: float) -> list[Response]:
+    def stale(self) -> bool:
+        """True if the node closed this idle connection (EOF or a last error waiting)."""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return bool(readable)
+
+    def exchange(self, requests: list[tuple[int, list]], timeout: float, server_info: dict) -> list[Response]:
         ids, chunks = [], []
         for cmd, args in requests:
             rid, data = self.proto.request(cmd, args)
             ids.append(rid)
             chunks.append(data)
-        self.sock.settimeout(timeout)
-        self.sock.sendall(b"".join(chunks))
+            _check_size(data, server_info)
+        view = memoryview(b"".join(chunks))
+        answers: dict[int, Response] = {}
         deadline = time.monotonic() + timeout
-        while not all(rid in self.pending for rid in ids):
-            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
-            data = self.sock.recv(262144)
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN | select.POLLOUT)
+        # Send and read at once: a node stops reading while its answers pile up
+        # unread, so a large pipeline sent before reading would deadlock.
+        while len(answers) < len(ids):
+            if view:
+                try:
+                    view = view[self.sock.send(view):]
+                except BlockingIOError:
+                    pass
+                if not view:
+                    poller.modify(self.sock, select.POLLIN)
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise TimeoutError(f"no answer within {timeout:g} s")
+            try:
+                data = self.sock.recv(262144)
+            except BlockingIOError:
+                continue
             if not data:
                 raise ConnectionError("connection closed by the node")
             for resp in self.proto.feed(data):
                 if resp.id is None and not resp.ok:
-                    # A connection-level error (limits, timeouts): the node closes.
-                    raise MsessionError(error_name(resp.code), resp.message)
-                self.pending[resp.id] = resp
-        return [self.pending.pop(rid) for rid in ids]
+                    raise _connection_error(resp, bool(answers))
+                answers[resp.id] = resp
+        return [answers[rid] for rid in ids]
 
     def close(self):
         try:
@@ -360,15 +411,20 @@ class Client(_ClientBase):
         errors = []
         for i in range(len(self.nodes)):
             addr = self.nodes[(self._next + i) % len(self.nodes)]
+            conn = None
             try:
-                conn = _SyncConn(addr, self.connect_timeout, self.max_frame)
-                (hello,) = conn.exchange([(Cmd.HELLO, [PROTOCOL_VERSION])], self.connect_timeout)
+                conn = _SyncConn(addr, self.connect_timeout, self.max_answer)
+                (hello,) = conn.exchange([(Cmd.HELLO, [PROTOCOL_VERSION])], self.connect_timeout, {})
                 self.server_info = _result(hello, _map)
-            except MsessionError:
-                raise
-            except (OSError, ProtocolError) as exc:
+            except (OSError, ProtocolError, _NotExecuted) as exc:
+                if conn is not None:
+                    conn.close()
                 errors.append(f"{addr[0]}:{addr[1]}: {exc}")
                 continue
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
             self._next = (self._next + i) % len(self.nodes)
             self._conn = conn
             return conn
@@ -379,14 +435,21 @@ class Client(_ClientBase):
         timeout = self.request_timeout + max(_lock_wait(cmd, args) for cmd, args in requests)
         attempts = len(self.nodes)
         while True:
+            if self._conn is not None and self._conn.stale():
+                self.close()  # closed by the node while idle: nothing was sent on it
             conn = self._conn or self._connect()
             try:
-                return conn.exchange(requests, timeout)
-            except (OSError, ProtocolError, MsessionError) as exc:
+                return conn.exchange(requests, timeout, self.server_info)
+            except MsessionError:
+                raise  # BADLEN before sending: the connection is still fine
+            except (OSError, ProtocolError, _NotExecuted) as exc:
                 self.close()
                 self._next = (self._next + 1) % len(self.nodes)
                 attempts -= 1
                 _check_retry(exc, safe, attempts)
+            except BaseException:
+                self.close()  # e.g. KeyboardInterrupt mid-exchange: the stream is out of step
+                raise
 
     def _call(self, cmd, args, convert):
         (resp,) = self._exchange([(cmd, args)])
@@ -417,62 +480,103 @@ class _Slot:
         self.response: Response | None = None
 
 
+def _waits(cmd: int, args: list) -> bool:
+    """An SLOCK that may wait: it holds back every later answer on its connection."""
+    return cmd == Cmd.SLOCK and (len(args) < 2 or args[1] is None or args[1] > 0)
+
+
 class _AsyncConn:
-    def __init__(self, addr, stream: trio.SocketStream, max_frame: int):
+    def __init__(self, addr, stream: trio.SocketStream, max_answer: int):
         self.addr = addr
         self.stream = stream
-        self.proto = ClientProtocol(max_frame)
+        self.proto = ClientProtocol(max_answer)
         self.send_lock = trio.Lock()
         self.recv_lock = trio.Lock()  # whoever holds it reads for everybody
         self.slots: dict[int, _Slot] = {}
         self.broken = False
 
-    async def exchange(self, requests: list[tuple[int, list]]) -> list[Response]:
+    def abandon(self) -> None:
+        """Marks the connection unusable and closes it at once, so the node sees
+        EOF (and drops, for instance, a lock it would grant to nobody)."""
+        self.broken = True
+        self.stream.socket.close()
+
+    async def exchange(self, requests: list[tuple[int, list]], server_info: dict) -> list[Response]:
         slots, chunks = [], []
         for cmd, args in requests:
             rid, data = self.proto.request(cmd, args)
-            slot = self.slots[rid] = _Slot()
-            slots.append((rid, slot))
+            _check_size(data, server_info)
+            slots.append((rid, _Slot()))
             chunks.append(data)
+        data = b"".join(chunks)
+        for rid, slot in slots:
+            self.slots[rid] = slot
+        phase = "queued"
         try:
-            async with self.send_lock:
-                await self.stream.send_all(b"".join(chunks))
-            for rid, slot in slots:
-                while slot.response is None:
-                    async with self.recv_lock:
-                        if slot.response is not None:
-                            break
-                        data = await self.stream.receive_some(262144)
-                        if not data:
-                            raise ConnectionError("connection closed by the node")
-                        for resp in self.proto.feed(data):
-                            if resp.id is None and not resp.ok:
-                                raise MsessionError(error_name(resp.code), resp.message)
-                            waiting = self.slots.pop(resp.id, None)
-                            if waiting is not None:
-                                waiting.response = resp
-        except BaseException:
-            # Cancelled or failed mid-exchange: the stream may be out of step.
-            self.broken = True
+            if len(data) <= _CONCURRENT_SEND:
+                async with self.send_lock:
+                    phase = "sending"
+                    await self.stream.send_all(data)
+                phase = "sent"
+                await self._collect(slots)
+            else:
+                async with trio.open_nursery() as nursery:
+
+                    async def send() -> None:
+                        nonlocal phase
+                        async with self.send_lock:
+                            phase = "sending"
+                            await self.stream.send_all(data)
+                        phase = "sent"
+
+                    nursery.start_soon(send)
+                    await self._collect(slots)
+        except BaseException as exc:
+            unanswered = [rid for rid, slot in slots if slot.response is None]
             for rid, _ in slots:
                 self.slots.pop(rid, None)
+            waiting_lock = any(_waits(cmd, args) for cmd, args in requests) and unanswered
+            if not isinstance(exc, trio.Cancelled) or phase == "sending" or waiting_lock:
+                # Out of step (half a request sent, a broken read), or a lock
+                # the node might grant us after we stopped listening.
+                self.abandon()
             raise
         return [slot.response for _, slot in slots]  # type: ignore[misc]
+
+    async def _collect(self, slots: list[tuple[int, _Slot]]) -> None:
+        for _, slot in slots:
+            while slot.response is None:
+                async with self.recv_lock:
+                    if slot.response is not None:
+                        break
+                    data = await self.stream.receive_some(262144)
+                    if not data:
+                        raise ConnectionError("connection closed by the node")
+                    for resp in self.proto.feed(data):
+                        if resp.id is None and not resp.ok:
+                            answered = any(s.response is not None for _, s in slots)
+                            raise _connection_error(resp, answered)
+                        waiting = self.slots.pop(resp.id, None)
+                        if waiting is not None:
+                            waiting.response = resp
 
 
 class AsyncClient(_ClientBase):
     """trio client with ``Client``'s methods (awaited). Tasks may share one:
-    their requests are pipelined on one connection.
+    their requests are pipelined on one connection. A ``lock()`` that may wait
+    goes over a connection of its own, so it never holds back the others.
 
         async with AsyncClient(port=8086) as c:
             await c.set("s1", "user", "alice")
     """
 
     _conn: _AsyncConn | None = None
+    MAX_IDLE_LOCK_CONNECTIONS = 4
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._connecting = trio.Lock()
+        self._lock_conns: list[_AsyncConn] = []  # idle connections for waiting locks
 
     async def __aenter__(self):
         return self
@@ -481,51 +585,83 @@ class AsyncClient(_ClientBase):
         await self.close()
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await trio.aclose_forcefully(conn.stream)
+        conns = [self._conn] + self._lock_conns
+        self._conn, self._lock_conns = None, []
+        for conn in conns:
+            if conn is not None:
+                await trio.aclose_forcefully(conn.stream)
 
     aclose = close
 
-    async def _connect(self) -> _AsyncConn:
+    async def _open(self) -> _AsyncConn:
+        """A new connection to the first node that answers, HELLO done."""
+        errors = []
+        for i in range(len(self.nodes)):
+            addr = self.nodes[(self._next + i) % len(self.nodes)]
+            stream = None
+            try:
+                with trio.fail_after(self.connect_timeout):
+                    stream = await trio.open_tcp_stream(*addr)
+                    conn = _AsyncConn(addr, stream, self.max_answer)
+                    (hello,) = await conn.exchange([(Cmd.HELLO, [PROTOCOL_VERSION])], {})
+                self.server_info = _result(hello, _map)
+            except (OSError, trio.TooSlowError, ProtocolError, trio.BrokenResourceError, _NotExecuted) as exc:
+                if stream is not None:
+                    await trio.aclose_forcefully(stream)
+                errors.append(f"{addr[0]}:{addr[1]}: {exc or type(exc).__name__}")
+                continue
+            except BaseException:
+                if stream is not None:
+                    await trio.aclose_forcefully(stream)
+                raise
+            self._next = (self._next + i) % len(self.nodes)
+            return conn
+        raise MsessionError("NOCONNECT", "no node answered (" + "; ".join(errors) + ")")
+
+    async def _shared(self) -> _AsyncConn:
         async with self._connecting:
-            if self._conn is not None and not self._conn.broken:
-                return self._conn
-            errors = []
-            for i in range(len(self.nodes)):
-                addr = self.nodes[(self._next + i) % len(self.nodes)]
-                stream = None
-                try:
-                    with trio.fail_after(self.connect_timeout):
-                        stream = await trio.open_tcp_stream(*addr)
-                        conn = _AsyncConn(addr, stream, self.max_frame)
-                        (hello,) = await conn.exchange([(Cmd.HELLO, [PROTOCOL_VERSION])])
-                    self.server_info = _result(hello, _map)
-                except (OSError, trio.TooSlowError, ProtocolError, trio.BrokenResourceError) as exc:
-                    if stream is not None:
-                        await trio.aclose_forcefully(stream)
-                    errors.append(f"{addr[0]}:{addr[1]}: {exc or type(exc).__name__}")
-                    continue
-                self._next = (self._next + i) % len(self.nodes)
-                self._conn = conn
-                return conn
-            raise MsessionError("NOCONNECT", "no node answered (" + "; ".join(errors) + ")")
+            if self._conn is None or self._conn.broken:
+                old, self._conn = self._conn, None
+                if old is not None:
+                    await trio.aclose_forcefully(old.stream)
+                self._conn = await self._open()
+            return self._conn
 
     async def _exchange(self, requests: list[tuple[int, list]]) -> list[Response]:
         safe = not any(cmd in _NOT_IDEMPOTENT for cmd, _ in requests)
         timeout = self.request_timeout + max(_lock_wait(cmd, args) for cmd, args in requests)
+        own = len(requests) == 1 and _waits(*requests[0])
         attempts = len(self.nodes)
         while True:
-            conn = self._conn if self._conn is not None and not self._conn.broken else await self._connect()
+            if own:
+                conn = self._lock_conns.pop() if self._lock_conns else await self._open()
+            else:
+                conn = await self._shared()
             try:
                 with trio.fail_after(timeout):
-                    return await conn.exchange(requests)
-            except (OSError, trio.TooSlowError, ProtocolError, MsessionError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    answers = await conn.exchange(requests, self.server_info)
+            except MsessionError:
+                if own:
+                    await trio.aclose_forcefully(conn.stream)
+                raise
+            except (OSError, trio.TooSlowError, ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, _NotExecuted) as exc:
+                await trio.aclose_forcefully(conn.stream)
                 if self._conn is conn:
-                    await self.close()
+                    self._conn = None
                     self._next = (self._next + 1) % len(self.nodes)
                 attempts -= 1
                 _check_retry(exc, safe, attempts)
+                continue
+            except BaseException:
+                if own:
+                    conn.abandon()
+                raise
+            if own:
+                if conn.broken or len(self._lock_conns) >= self.MAX_IDLE_LOCK_CONNECTIONS:
+                    await trio.aclose_forcefully(conn.stream)
+                else:
+                    self._lock_conns.append(conn)
+            return answers
 
     async def _call(self, cmd, args, convert):
         (resp,) = await self._exchange([(cmd, args)])

@@ -1,6 +1,7 @@
 """Every contract function through Client (against a real process) and AsyncClient."""
 
 import socket
+import time
 import uuid
 
 import pytest
@@ -210,17 +211,92 @@ def test_failover_when_a_node_dies_between_requests():
 
 
 def test_non_idempotent_request_is_not_replayed_on_failure():
+    """A lock request in flight when its node dies may have been granted: the
+    client says BADCONN rather than asking the next node."""
+    import signal
+    import threading
+
     a, b = NodeProcess(), NodeProcess()
     try:
-        with Client(nodes=[a.address, b.address]) as c:
-            c.create("s")
-            a.stop()
-            assert err(c.inc, "s", "n") == "BADCONN"
+        with Client(port=a.port) as holder, Client(nodes=[a.address, b.address]) as c:
+            holder.lock("s")
+            outcome = {}
+
+            def lock():
+                try:
+                    outcome["key"] = c.lock("s", wait=30)
+                except MsessionError as exc:
+                    outcome["error"] = exc.code
+
+            t = threading.Thread(target=lock)
+            t.start()
+            deadline = time.monotonic() + 5
+            while c.node is None and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the waiter is connected
+            holder.ping()  # one more round trip through a's event loop
+            a.stop(signal.SIGKILL)
+            t.join(10)
+            assert outcome == {"error": "BADCONN"}
             assert c.create("s") is True  # the next call goes to b
             assert c.node[1] == b.port
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_connection_the_node_closed_while_idle_is_replaced_transparently():
+    """The node closes idle connections; the next request, even one that must
+    not be replayed, goes out on a fresh connection instead of failing."""
+    node = NodeProcess(env={"MSESSION_IDLE_TIMEOUT": "0.3"})
+    try:
+        with Client(port=node.port) as c:
+            c.create("s")
+            first = c._conn
+            deadline = time.monotonic() + 5
+            while not first.stale() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert first.stale()
+            assert c.inc("s", "n") == 1
+            assert c._conn is not first
+    finally:
+        node.stop()
+
+
+def test_busy_node_fails_over_to_the_next():
+    busy, good = NodeProcess("--max-connections", "1"), NodeProcess()
+    try:
+        with Client(port=busy.port) as hog:
+            hog.ping()
+            with Client(nodes=[busy.address, good.address]) as c:
+                assert c.ping() is True
+                assert c.node[1] == good.port
+            with Client(port=busy.port) as c:
+                assert err(c.ping) == "NOCONNECT"
+    finally:
+        busy.stop()
+        good.stop()
+
+
+def test_large_pipelines_and_answers(client):
+    s = sid()
+    client.create(s)
+    blob = b"z" * 100_000
+    with client.pipeline() as p:
+        for i in range(200):  # ~20 MB each way: more than any socket buffer
+            p.setdata(s, blob)
+            p.getdata(s)
+        results = p.execute()
+    assert results[1::2] == [blob] * 200
+    client.set(s, "a", b"x" * 3_000_000)
+    client.set(s, "b", b"y" * 3_000_000)
+    assert len(client.get_array(s)["b"]) == 3_000_000  # a 6 MB answer
+
+
+def test_oversize_request_is_refused_before_sending(client):
+    s = sid()
+    client.create(s)
+    assert err(client.setdata, s, b"x" * (5 * 1024 * 1024)) == "BADLEN"
+    assert client.ping() is True  # the connection is still good
 
 
 def test_parse_node():
@@ -368,3 +444,49 @@ async def test_async_failover(nursery):
     dead.close()
     async with AsyncClient(nodes=[f"127.0.0.1:{port}", "%s:%d" % server.ports[0]], connect_timeout=1) as c:
         assert await c.ping() is True
+
+
+async def test_a_cancelled_lock_wait_does_not_keep_the_lock(nursery):
+    server = await start_server(nursery)
+    async with AsyncClient(*server.ports[0]) as a, AsyncClient(*server.ports[0]) as b:
+        key = await a.lock("s")
+        with trio.move_on_after(0.2):
+            await b.lock("s", wait=10, lease=20)
+        await a.unlock("s", key)
+        with trio.fail_after(5):
+            while server.node.locks.holder(b"s") != 0:
+                await trio.sleep(0.005)
+        assert await b.lock("s", wait=0) > 0
+
+
+async def test_a_waiting_lock_does_not_hold_back_other_tasks(nursery):
+    server = await start_server(nursery)
+    async with AsyncClient(*server.ports[0]) as holder, AsyncClient(*server.ports[0], timeout=1) as c:
+        key = await holder.lock("s")
+        await c.create("t")
+        got = []
+
+        async def locker():
+            got.append(await c.lock("s", wait=5))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(locker)
+            for _ in range(20):  # the same client keeps working while its lock waits
+                assert await c.inc("t", "n") > 0
+            await holder.unlock("s", key)
+        assert got and got[0] > 0
+        await c.unlock("s", got[0])
+
+
+async def test_async_large_pipeline_does_not_deadlock(nursery):
+    server = await start_server(nursery)
+    async with AsyncClient(*server.ports[0]) as c:
+        await c.create("s")
+        blob = b"q" * 100_000
+        p = c.pipeline()
+        for _ in range(150):
+            p.setdata("s", blob)
+            p.getdata("s")
+        with trio.fail_after(20):
+            results = await p.execute()
+        assert results[1::2] == [blob] * 150
