@@ -54,8 +54,12 @@ class Config:
             raise ConfigError(f"port must be 0..65535, not {self.port}")
         if self.lock_wait < 0 or self.max_lock_wait < 0:
             raise ConfigError("lock_wait and max_lock_wait must not be negative")
-        if self.session_timeout > self.max_timeout:
-            raise ConfigError("session_timeout must not exceed max_timeout")
+        for value, limit in (
+            ("session_timeout", "max_timeout"), ("lock_wait", "max_lock_wait"),
+            ("lock_lease", "max_lock_lease"), ("max_uniq_len", "max_id_len"),
+        ):
+            if getattr(self, value) > getattr(self, limit):
+                raise ConfigError(f"{value} ({getattr(self, value)}) must not exceed {limit} ({getattr(self, limit)})")
         if self.max_frame < 1024:
             raise ConfigError("max_frame must be at least 1024 bytes")
         if self.log_level not in ("debug", "info", "warning", "error"):

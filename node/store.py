@@ -23,6 +23,7 @@ exact between two ``expire`` calls.
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import re
 import secrets
@@ -30,6 +31,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .hlc import HLC
+from .logs import RateLimitedLog
+
+_hook_log = RateLimitedLog(logging.getLogger("msession.plugins"))
 
 _INTEGER = re.compile(rb"-?[0-9]{1,20}")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -310,3 +314,4 @@ class Store:
             except Exception:
                 # A plugin's bug must not lose or corrupt a session.
                 self.hook_errors += 1
+                _hook_log.info("plugin hook %r failed", getattr(hook, "__qualname__", hook), exc_info=True)

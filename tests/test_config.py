@@ -46,3 +46,17 @@ def test_unreadable_or_invalid_file(tmp_path):
 
 def test_client_variables_are_not_server_options():
     assert load(env={"MSESSION_NODES": "a:1", "MSESSION_CONFIG": "x"}) == Config()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"MSESSION_LOCK_WAIT": "400"},
+        {"MSESSION_LOCK_LEASE": "4000"},
+        {"MSESSION_MAX_UNIQ_LEN": "300"},
+        {"MSESSION_SESSION_TIMEOUT": "99999999999"},
+    ],
+)
+def test_defaults_must_fit_their_limits(env):
+    with pytest.raises(ConfigError, match="must not exceed"):
+        load(env=env)

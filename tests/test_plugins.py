@@ -108,3 +108,35 @@ def test_plugin_results_must_be_strings_or_numbers():
     assert to_wire("x") == b"x" and to_wire(3) == b"3" and to_wire(True) == b"1" and to_wire(b"\x00") == b"\x00"
     with pytest.raises(PluginError):
         to_wire(object())
+
+
+def test_stats_overflow_class_is_counted_back_correctly():
+    from node.store import Create, Drop, Store
+    from node.plugins import PluginContext
+
+    store = Store()
+    m = PluginManager()
+    stats = StatsPlugin(max_classes=1)
+    m.add(stats, PluginContext(store, lambda: 0.0), store)
+    store.apply(Create(b"a", 1, b"x"), 0)
+    store.apply(Create(b"b", 2, b"y"), 0)  # no room for class y
+    assert json.loads(stats.classes()) == {"(other)": 1, "x": 1}
+    store.apply(Drop(b"a", 3), 0)  # room again, but b was counted as "(other)"
+    store.apply(Drop(b"b", 4), 0)
+    assert json.loads(stats.classes()) == {}
+
+
+def test_a_failing_hook_is_logged(caplog):
+    from node.store import Create, Store
+    from node.plugins import PluginContext
+
+    class Broken:
+        def on_create(self, session):
+            raise RuntimeError("hook bug")
+
+    store = Store()
+    PluginManager().add(Broken(), PluginContext(store, lambda: 0.0), store)
+    with caplog.at_level("INFO", logger="msession.plugins"):
+        store.apply(Create(b"a", 1), 0)
+    assert store.get(b"a", 0) is not None
+    assert "hook bug" in caplog.text

@@ -28,26 +28,29 @@ class StatsPlugin:
         self.live_by_class: Counter[str] = Counter()
         self._clock = None
         self._started = 0.0
+        self._overflow: set[bytes] = set()  # sessions counted under "(other)"
 
     def setup(self, ctx) -> None:
         self._clock = ctx.clock
         self._started = ctx.clock()
 
-    def _class(self, session) -> str:
-        name = session.classname.decode("utf-8", "replace")
-        if name in self.live_by_class or len(self.live_by_class) < self.max_classes:
-            return name
-        return "(other)"
-
     def _gone(self, session) -> None:
-        name = self._class(session)
+        if session.sid in self._overflow:
+            self._overflow.discard(session.sid)
+            name = "(other)"
+        else:
+            name = session.classname.decode("utf-8", "replace")
         self.live_by_class[name] -= 1
         if self.live_by_class[name] <= 0:
             del self.live_by_class[name]
 
     def on_create(self, session) -> None:
         self.created += 1
-        self.live_by_class[self._class(session)] += 1
+        name = session.classname.decode("utf-8", "replace")
+        if name not in self.live_by_class and len(self.live_by_class) >= self.max_classes:
+            self._overflow.add(session.sid)
+            name = "(other)"
+        self.live_by_class[name] += 1
 
     def on_destroy(self, session) -> None:
         self.destroyed += 1
