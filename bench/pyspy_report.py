@@ -19,10 +19,10 @@ RULES = [
     ("commands: store (Store.get/_touch/apply, HLC)", lambda s, leaf: "Node.execute" in s and ("Store." in s or "HLC." in s)),
     ("commands: dispatch and argument checks", lambda s, leaf: "Node.execute" in s),
     ("codec: decode request (parse_request)", lambda s, leaf: "parse_request" in s),
-    ("codec: encode response (encode_ok/encode_error)", lambda s, leaf: "encode_ok" in s or "encode_error" in s),
+    ("codec: encode response (Encoder, encode_ok/encode_error)", lambda s, leaf: "encode_ok" in s or "encode_error" in s or "Encoder." in s or leaf.startswith("frame (protocol/codec.py")),
     ("codec: framing (FrameDecoder)", lambda s, leaf: "FrameDecoder" in s),
-    ("kernel: send() on the socket", lambda s, leaf: _is_syscall_line(leaf) and "send_all" in s),
-    ("kernel: recv() on the socket", lambda s, leaf: _is_syscall_line(leaf)),
+    ("kernel: send() on the socket", lambda s, leaf: leaf in NODE_SEND_LINES or (_is_syscall_line(leaf) and "send_all" in s)),
+    ("kernel: recv() on the socket", lambda s, leaf: leaf in NODE_RECV_LINES or _is_syscall_line(leaf)),
     ("trio: epoll / IO manager", lambda s, leaf: "_io_epoll" in s),
     ("trio: cancel scopes (move_on_after / CancelScope)", lambda s, leaf: "move_on_after" in s or "CancelScope" in s or "CancelStatus" in s),
     ("trio: SocketStream.send_all wrapper (checkpoints, error translation)", lambda s, leaf: "send_all" in s),
@@ -32,6 +32,8 @@ RULES = [
 ]
 
 SYSCALL_LINES: set[str] = set()
+NODE_SEND_LINES: set[str] = set()  # node/server.py calls the socket directly
+NODE_RECV_LINES: set[str] = set()
 
 
 def _is_syscall_line(leaf: str) -> bool:
@@ -62,8 +64,20 @@ def _find_syscall_lines() -> None:
                 SYSCALL_LINES.add(f"_SocketType._nonblocking_helper (trio/_socket.py:{no})")
 
 
+def _find_node_socket_lines() -> None:
+    from pathlib import Path
+
+    server = Path(__file__).resolve().parent.parent / "node" / "server.py"
+    for no, text in enumerate(server.read_text().splitlines(), 1):
+        if "self.sock.send(" in text:
+            NODE_SEND_LINES.add(f"_Conn.send (node/server.py:{no})")
+        elif "self.sock.recv(" in text:
+            NODE_RECV_LINES.add(f"_Conn.recv (node/server.py:{no})")
+
+
 def categorize(samples) -> Counter:
     _find_syscall_lines()
+    _find_node_socket_lines()
     cats: Counter = Counter()
     for frames, n in samples:
         s, leaf = ";".join(frames), frames[-1]

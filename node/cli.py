@@ -22,6 +22,7 @@ from . import config as config_mod
 COMMANDS: dict[str, tuple[list[str], str]] = {
     "ping": ([], "check that the node answers"),
     "count": ([], "number of live sessions"),
+    "info": ([], "the node's counters (sessions, connections, commands, errors)"),
     "create": (["session", "classname?", "data?"], "create a session (DUPSESSION if it exists)"),
     "destroy": (["session"], "destroy a session"),
     "set": (["session", "name", "value"], "set a variable"),

@@ -127,7 +127,11 @@ class Node:
             Cmd.CALL: self.call,
             Cmd.PING: self.ping,
             Cmd.HELLO: self.hello,
+            Cmd.INFO: self.info,
         }
+        self.started = clock()
+        # Callables adding their counters to INFO (the server adds its own).
+        self.info_providers: list[Callable[[], dict]] = []
 
     def execute(self, cmd: int, args: list, now: float) -> Any:
         handler = self._handlers.get(cmd)
@@ -170,6 +174,24 @@ class Node:
             "max_name_len": self.config.max_name_len,
             "now": int(now),
         }
+
+    def info(self, args, now):
+        _arity(args, 0, 0, "INFO")
+        out = {
+            "version": PROTOCOL_VERSION,
+            "server": SERVER_NAME,
+            "uptime": int(now - self.started),
+            "sessions": self.store.count(now),
+            "sessions_expired": self.store.expired_total,
+            "locks": len(self.locks),
+            "lock_lease_expiries": self.locks.lease_expiries,
+            "commands": self.stats["commands"],
+            "command_errors": self.stats["errors"],
+            "plugin_hook_errors": self.store.hook_errors,
+        }
+        for provider in self.info_providers:
+            out.update(provider())
+        return out
 
     def count(self, args, now):
         _arity(args, 0, 0, "COUNT")

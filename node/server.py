@@ -105,6 +105,18 @@ class Server:
         self._log = RateLimitedLog(log)
         self._encoder = Encoder()
         self._listeners: list[socket.socket] = []
+        self.node.info_providers.append(self._info)
+
+    def _info(self) -> dict:
+        c = self.counters
+        return {
+            "connections": self.connections,
+            "connections_total": c.connections_total,
+            "connections_refused": c.connections_refused,
+            "bad_frames": c.bad_frames,
+            "timeouts": c.timeouts,
+            "max_connections": self.config.max_connections,
+        }
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -140,6 +140,10 @@ class _Commands:
     def count(self):
         return self._call(Cmd.COUNT, [], _ident)
 
+    def info(self):
+        """The node's counters: sessions, connections, commands, errors, ..."""
+        return self._call(Cmd.INFO, [], _map)
+
     def create(self, session, classname=None, data=None):
         args = [_b(session)]
         if classname is not None or data is not None:

@@ -47,6 +47,7 @@ class Cmd(enum.IntEnum):
     EXEC = 25
     PING = 1026
     HELLO = 1100
+    INFO = 1101
 
 
 class Err(enum.IntEnum):

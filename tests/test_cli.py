@@ -40,6 +40,7 @@ def out(node, *args):
 
 def test_every_function_from_the_shell(node):
     assert out(node, "ping") == "OK\n"
+    assert "sessions\t" in out(node, "info")
     assert out(node, "create", "c1", "cart", "DATA") == "OK\n"
     assert out(node, "getdata", "c1") == "DATA\n"
     assert out(node, "set", "c1", "user", "alice") == "OK\n"

@@ -490,3 +490,17 @@ async def test_async_large_pipeline_does_not_deadlock(nursery):
         with trio.fail_after(20):
             results = await p.execute()
         assert results[1::2] == [blob] * 150
+
+
+async def test_info_reports_the_nodes_counters(nursery):
+    server = await start_server(nursery)
+    async with AsyncClient(*server.ports[0]) as c:
+        await c.create("a")
+        await c.lock("a", wait=0)
+        with pytest.raises(MsessionError):
+            await c.create("a")
+        info = await c.info()
+    assert info["sessions"] == 1 and info["locks"] == 1
+    assert info["connections"] == 1 and info["connections_total"] == 1
+    assert info["commands"] >= 4 and info["command_errors"] == 1
+    assert info["server"] == "msession" and info["uptime"] >= 0
