@@ -22,6 +22,7 @@ from .locks import LockTable, Waiter
 from .plugins import PluginManager
 
 SERVER_NAME = "msession"
+EXPIRE_BATCH = 10000
 
 
 class CommandError(Exception):
@@ -383,8 +384,13 @@ class Node:
                 waiter.handle()
 
     def housekeeping(self, now: float) -> float:
-        """Expires sessions and lock leases; returns when to run again."""
-        self.store.expire(now)
+        """Expires sessions and lock leases; returns when to run again.
+
+        Expires at most ``EXPIRE_BATCH`` sessions a call, so a mass expiry
+        (a million sessions created in the same second) does not stall every
+        connection: the caller runs again at once while more are due."""
+        if len(self.store.expire(now, EXPIRE_BATCH)) == EXPIRE_BATCH:
+            return now
         mono = self.lock_clock()
         self.wake(self.locks.expire(mono))
         due = [now + 1.0]

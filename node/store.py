@@ -257,14 +257,16 @@ class Store:
 
     # -- expiry ------------------------------------------------------------
 
-    def expire(self, now: float) -> list[Session]:
-        """Removes every session whose deadline has passed; O(expired)."""
+    def expire(self, now: float, limit: int | None = None) -> list[Session]:
+        """Removes sessions whose deadline has passed, at most ``limit``; O(expired)."""
         heap, buckets, out = self._bucket_heap, self._buckets, []
         while heap and heap[0] <= now:
-            second = heapq.heappop(heap)
-            for sid in buckets.pop(second, ()):
-                s = self._sessions.pop(sid)
-                out.append(s)
+            bucket = buckets[heap[0]]
+            while bucket and (limit is None or len(out) < limit):
+                out.append(self._sessions.pop(bucket.pop()))
+            if bucket:
+                break  # the limit: the rest of this second's sessions stay due
+            del buckets[heapq.heappop(heap)]
         if out:
             self.expired_total += len(out)
             for s in out:

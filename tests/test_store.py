@@ -210,3 +210,28 @@ def test_new_id_has_the_length_and_is_unused():
         create(s, ch.encode())
     with pytest.raises(StoreError):
         s.new_id(1, 0.0)
+
+
+def test_expire_in_batches_leaves_the_rest_due():
+    s = make(timeout=10)
+    for i in range(25):
+        create(s, b"%d" % i)
+    assert len(s.expire(10.0, limit=10)) == 10
+    assert len(s) == 15 and s.next_expiry() == 10.0
+    assert len(s.expire(10.0, limit=10)) == 10
+    assert len(s.expire(10.0, limit=10)) == 5
+    assert len(s) == 0 and s.next_expiry() is None
+    assert s.expired_total == 25
+
+
+def test_housekeeping_runs_again_at_once_while_a_mass_expiry_lasts():
+    from node.commands import EXPIRE_BATCH, Node
+    from node.config import Config
+
+    node = Node(Config(session_timeout=10), clock=lambda: 0.0)
+    for i in range(EXPIRE_BATCH + 5):
+        node.store.apply(Create(b"%d" % i, i), 0.0)
+    assert node.housekeeping(20.0) == 20.0  # more due: call again now
+    assert len(node.store) == 5
+    assert node.housekeeping(20.0) > 20.0
+    assert len(node.store) == 0
