@@ -391,8 +391,9 @@ async def test_lock_waiters_are_served_in_fifo_order(nursery):
             for i in range(5):
                 await n.start(waiter, i)
                 # Wait until the server has queued this waiter.
-                while len(server.node.locks._locks[b"s"].waiters) < i + 1:
-                    await trio.sleep(0.001)
+                with trio.fail_after(5):
+                    while len(server.node.locks._locks[b"s"].waiters) < i + 1:
+                        await trio.sleep(0.001)
             await holder.unlock("s", key)
     assert order == [0, 1, 2, 3, 4]
 
@@ -426,11 +427,13 @@ async def test_a_waiter_that_disconnects_hands_the_lock_on(nursery):
         from protocol.constants import Cmd
 
         await stream.send_all(encode_request(1, Cmd.SLOCK, [b"s", 10000]))
-        while not server.node.locks._locks[b"s"].waiters:
-            await trio.sleep(0.001)
+        with trio.fail_after(5):
+            while not server.node.locks._locks[b"s"].waiters:
+                await trio.sleep(0.001)
         await stream.aclose()
-        while server.node.locks._locks[b"s"].waiters:
-            await trio.sleep(0.001)
+        with trio.fail_after(5):
+            while server.node.locks._locks[b"s"].waiters:
+                await trio.sleep(0.001)
         await a.unlock("s", key)
         assert server.node.locks.holder(b"s") == 0  # not granted to the departed client
         assert await a.lock("s", wait=0) > 0
