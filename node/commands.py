@@ -327,7 +327,9 @@ class Node:
         if lease <= 0:
             raise CommandError("BADARG", "lease_ms must be positive")
         self.store.get(sid, now)  # a lock is an access
-        key = self.locks.try_acquire(sid, self.lock_clock(), lease)
+        mono = self.lock_clock()
+        self.wake(self.locks.expire(mono))  # a lease that ran out frees the lock now
+        key = self.locks.try_acquire(sid, mono, lease)
         if key:
             return key
         if wait <= 0:
@@ -389,11 +391,13 @@ class Node:
         Expires at most ``EXPIRE_BATCH`` sessions a call, so a mass expiry
         (a million sessions created in the same second) does not stall every
         connection: the caller runs again at once while more are due."""
-        if len(self.store.expire(now, EXPIRE_BATCH)) == EXPIRE_BATCH:
-            return now
         mono = self.lock_clock()
         self.wake(self.locks.expire(mono))
-        due = [now + 1.0]
+        if len(self.store.expire(now, EXPIRE_BATCH)) == EXPIRE_BATCH:
+            return now
+        # While locks are held, look again often: a lease taken after this
+        # call may end sooner than the next wake-up computed here.
+        due = [now + (0.1 if len(self.locks) else 1.0)]
         if self.store.next_expiry() is not None:
             due.append(self.store.next_expiry())
         if self.locks.next_deadline() is not None:

@@ -314,10 +314,11 @@ class Server:
         event = trio.Event()
         lw.waiter.handle = event.set  # before any await: a grant must not be missed
         left = delivered = False
-        saved_deadline, conn.scope.deadline = conn.scope.deadline, math.inf
+        saved_deadline = conn.scope.deadline
         try:
             if flush:
-                await conn.send(flush)
+                await conn.send(flush)  # under the idle deadline: the client must read
+            conn.scope.deadline = math.inf  # the wait has its own limit
             if not lw.waiter.key:
                 async with trio.open_nursery() as nursery:
 

@@ -182,13 +182,19 @@ class Store:
         return s
 
     def sessions(self, now: float) -> Iterator[Session]:
-        """Every live session (expires due ones first). Does not touch."""
-        self.expire(now)
-        return iter(list(self._sessions.values()))
+        """Every live session; does not touch. Sessions past their deadline are
+        skipped here and left to the reaper, which removes them in batches."""
+        return iter([s for s in self._sessions.values() if s.atime + s.timeout > now])
 
     def count(self, now: float) -> int:
-        self.expire(now)
-        return len(self._sessions)
+        """Live sessions, in O(due buckets): the due ones are not counted."""
+        heap, due, stack = self._bucket_heap, 0, [0]
+        while stack:  # the heap entries <= now form a subtree at the root
+            i = stack.pop()
+            if i < len(heap) and heap[i] <= now:
+                due += len(self._buckets[heap[i]])
+                stack += (2 * i + 1, 2 * i + 2)
+        return len(self._sessions) - due
 
     # -- changing ----------------------------------------------------------
 

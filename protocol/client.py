@@ -260,6 +260,31 @@ def _check_retry(exc: Exception, safe: bool, attempts_left: int) -> None:
         raise MsessionError("BADCONN", f"request failed on every node: {exc!r}") from None
 
 
+def _idle_closed(exc: BaseException) -> bool:
+    return isinstance(exc, _NotExecuted) and exc.error.code == "TIMEOUT"
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has something to read right now (poll: any fd number)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The exception to raise for a nursery's group: a real error before a Cancelled."""
+    leaves: list[BaseException] = []
+    todo: list[BaseException] = [group]
+    while todo:
+        exc = todo.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            todo.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+    return (real or leaves)[0]
+
+
 def _check_size(data: bytes, server_info: dict) -> None:
     limit = server_info.get("max_frame", DEFAULT_MAX_FRAME) + 4
     if len(data) > limit:
@@ -340,20 +365,21 @@ class _SyncConn:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setblocking(False)
         self.proto = ClientProtocol(max_answer)
+        self.server_info: dict = {}  # the node's HELLO answer
 
     def stale(self) -> bool:
         """True if the node closed this idle connection (EOF or a last error waiting)."""
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        return bool(readable)
+        return _readable(self.sock.fileno())
 
-    def exchange(self, requests: list[tuple[int, list]], timeout: float, server_info: dict) -> list[Response]:
+    def exchange(self, requests: list[tuple[int, list]], timeout: float) -> list[Response]:
         ids, chunks = [], []
         for cmd, args in requests:
             rid, data = self.proto.request(cmd, args)
             ids.append(rid)
             chunks.append(data)
-            _check_size(data, server_info)
+            _check_size(data, self.server_info)
         view = memoryview(b"".join(chunks))
+        wanted = set(ids)
         answers: dict[int, Response] = {}
         deadline = time.monotonic() + timeout
         poller = select.poll()
@@ -380,7 +406,8 @@ class _SyncConn:
             for resp in self.proto.feed(data):
                 if resp.id is None and not resp.ok:
                     raise _connection_error(resp, bool(answers))
-                answers[resp.id] = resp
+                if resp.id in wanted:
+                    answers[resp.id] = resp
         return [answers[rid] for rid in ids]
 
     def close(self):
@@ -418,8 +445,8 @@ class Client(_ClientBase):
             conn = None
             try:
                 conn = _SyncConn(addr, self.connect_timeout, self.max_answer)
-                (hello,) = conn.exchange([(Cmd.HELLO, [PROTOCOL_VERSION])], self.connect_timeout, {})
-                self.server_info = _result(hello, _map)
+                (hello,) = conn.exchange([(Cmd.HELLO, [PROTOCOL_VERSION])], self.connect_timeout)
+                self.server_info = conn.server_info = _result(hello, _map)
             except (OSError, ProtocolError, _NotExecuted) as exc:
                 if conn is not None:
                     conn.close()
@@ -437,17 +464,20 @@ class Client(_ClientBase):
     def _exchange(self, requests: list[tuple[int, list]]) -> list[Response]:
         safe = not any(cmd in _NOT_IDEMPOTENT for cmd, _ in requests)
         timeout = self.request_timeout + max(_lock_wait(cmd, args) for cmd, args in requests)
-        attempts = len(self.nodes)
+        attempts, free_retries = len(self.nodes), 2
         while True:
             if self._conn is not None and self._conn.stale():
                 self.close()  # closed by the node while idle: nothing was sent on it
             conn = self._conn or self._connect()
             try:
-                return conn.exchange(requests, timeout, self.server_info)
+                return conn.exchange(requests, timeout)
             except MsessionError:
                 raise  # BADLEN before sending: the connection is still fine
             except (OSError, ProtocolError, _NotExecuted) as exc:
                 self.close()
+                if _idle_closed(exc) and free_retries:
+                    free_retries -= 1  # the node closed an idle connection: same node again
+                    continue
                 self._next = (self._next + 1) % len(self.nodes)
                 attempts -= 1
                 _check_retry(exc, safe, attempts)
@@ -498,54 +528,66 @@ class _AsyncConn:
         self.recv_lock = trio.Lock()  # whoever holds it reads for everybody
         self.slots: dict[int, _Slot] = {}
         self.broken = False
+        self.server_info: dict = {}  # the node's HELLO answer
 
     def abandon(self) -> None:
         """Marks the connection unusable and closes it at once, so the node sees
         EOF (and drops, for instance, a lock it would grant to nobody)."""
         self.broken = True
-        self.stream.socket.close()
+        if self.stream.socket.fileno() >= 0:
+            self.stream.socket.close()
 
-    async def exchange(self, requests: list[tuple[int, list]], server_info: dict) -> list[Response]:
+    async def exchange(self, requests: list[tuple[int, list]]) -> list[Response]:
         slots, chunks = [], []
         for cmd, args in requests:
             rid, data = self.proto.request(cmd, args)
-            _check_size(data, server_info)
+            _check_size(data, self.server_info)
             slots.append((rid, _Slot()))
             chunks.append(data)
         data = b"".join(chunks)
         for rid, slot in slots:
             self.slots[rid] = slot
         phase = "queued"
+
+        async def send() -> None:
+            nonlocal phase
+            async with self.send_lock:
+                if self.broken:
+                    raise trio.ClosedResourceError("connection abandoned")
+                phase = "sending"
+                await self.stream.send_all(data)
+            phase = "sent"
+
         try:
             if len(data) <= _CONCURRENT_SEND:
-                async with self.send_lock:
-                    phase = "sending"
-                    await self.stream.send_all(data)
-                phase = "sent"
+                await send()
                 await self._collect(slots)
             else:
-                async with trio.open_nursery() as nursery:
-
-                    async def send() -> None:
-                        nonlocal phase
-                        async with self.send_lock:
-                            phase = "sending"
-                            await self.stream.send_all(data)
-                        phase = "sent"
-
-                    nursery.start_soon(send)
-                    await self._collect(slots)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(send)
+                        await self._collect(slots)
+                except BaseExceptionGroup as group:
+                    raise _first_leaf(group) from None
         except BaseException as exc:
             unanswered = [rid for rid, slot in slots if slot.response is None]
             for rid, _ in slots:
                 self.slots.pop(rid, None)
+            cancelled = isinstance(exc, trio.Cancelled)
             waiting_lock = any(_waits(cmd, args) for cmd, args in requests) and unanswered
-            if not isinstance(exc, trio.Cancelled) or phase == "sending" or waiting_lock:
+            if not cancelled or phase == "sending" or waiting_lock:
                 # Out of step (half a request sent, a broken read), or a lock
                 # the node might grant us after we stopped listening.
                 self.abandon()
+            if phase == "queued" and not cancelled and not isinstance(exc, _NotExecuted):
+                # Nothing of ours left: whatever it is, it may go elsewhere.
+                raise _NotExecuted(MsessionError("BADCONN", f"connection failed before sending: {exc!r}")) from exc
             raise
         return [slot.response for _, slot in slots]  # type: ignore[misc]
+
+    def stale(self) -> bool:
+        """Idle, and closed by the node (EOF or its last TIMEOUT waiting)."""
+        return not self.slots and _readable(self.stream.socket.fileno())
 
     async def _collect(self, slots: list[tuple[int, _Slot]]) -> None:
         for _, slot in slots:
@@ -581,6 +623,7 @@ class AsyncClient(_ClientBase):
         super().__init__(*args, **kwargs)
         self._connecting = trio.Lock()
         self._lock_conns: list[_AsyncConn] = []  # idle connections for waiting locks
+        self._generation = 0
 
     async def __aenter__(self):
         return self
@@ -589,6 +632,7 @@ class AsyncClient(_ClientBase):
         await self.close()
 
     async def close(self) -> None:
+        self._generation += 1  # lock connections in flight are not pooled again
         conns = [self._conn] + self._lock_conns
         self._conn, self._lock_conns = None, []
         for conn in conns:
@@ -607,8 +651,8 @@ class AsyncClient(_ClientBase):
                 with trio.fail_after(self.connect_timeout):
                     stream = await trio.open_tcp_stream(*addr)
                     conn = _AsyncConn(addr, stream, self.max_answer)
-                    (hello,) = await conn.exchange([(Cmd.HELLO, [PROTOCOL_VERSION])], {})
-                self.server_info = _result(hello, _map)
+                    (hello,) = await conn.exchange([(Cmd.HELLO, [PROTOCOL_VERSION])])
+                self.server_info = conn.server_info = _result(hello, _map)
             except (OSError, trio.TooSlowError, ProtocolError, trio.BrokenResourceError, _NotExecuted) as exc:
                 if stream is not None:
                     await trio.aclose_forcefully(stream)
@@ -624,6 +668,8 @@ class AsyncClient(_ClientBase):
 
     async def _shared(self) -> _AsyncConn:
         async with self._connecting:
+            if self._conn is not None and self._conn.stale():
+                self._conn.abandon()  # closed by the node while idle
             if self._conn is None or self._conn.broken:
                 old, self._conn = self._conn, None
                 if old is not None:
@@ -631,28 +677,44 @@ class AsyncClient(_ClientBase):
                 self._conn = await self._open()
             return self._conn
 
+    async def _lock_conn(self) -> _AsyncConn:
+        while self._lock_conns:
+            conn = self._lock_conns.pop()
+            if not conn.stale():
+                return conn
+            await trio.aclose_forcefully(conn.stream)
+        return await self._open()
+
     async def _exchange(self, requests: list[tuple[int, list]]) -> list[Response]:
         safe = not any(cmd in _NOT_IDEMPOTENT for cmd, _ in requests)
         timeout = self.request_timeout + max(_lock_wait(cmd, args) for cmd, args in requests)
-        own = len(requests) == 1 and _waits(*requests[0])
-        attempts = len(self.nodes)
+        # A batch with a lock that may wait goes over a connection of its own:
+        # while it waits, its connection answers nothing else.
+        own = any(_waits(cmd, args) for cmd, args in requests)
+        attempts, free_retries = len(self.nodes), 2
         while True:
-            if own:
-                conn = self._lock_conns.pop() if self._lock_conns else await self._open()
-            else:
-                conn = await self._shared()
+            generation = self._generation
+            conn = await (self._lock_conn() if own else self._shared())
             try:
                 with trio.fail_after(timeout):
-                    answers = await conn.exchange(requests, self.server_info)
+                    answers = await conn.exchange(requests)
             except MsessionError:
                 if own:
+                    conn.abandon()
                     await trio.aclose_forcefully(conn.stream)
                 raise
             except (OSError, trio.TooSlowError, ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, _NotExecuted) as exc:
-                await trio.aclose_forcefully(conn.stream)
+                conn.abandon()  # before any await: no other task may pick it up
                 if self._conn is conn:
                     self._conn = None
-                    self._next = (self._next + 1) % len(self.nodes)
+                await trio.aclose_forcefully(conn.stream)
+                if _idle_closed(exc) and free_retries:
+                    free_retries -= 1
+                    continue
+                if isinstance(exc, _NotExecuted) and exc.error.code == "BADCONN" and free_retries:
+                    free_retries -= 1  # another task's failure; ours was never sent
+                    continue
+                self._next = (self._next + 1) % len(self.nodes)
                 attempts -= 1
                 _check_retry(exc, safe, attempts)
                 continue
@@ -661,7 +723,7 @@ class AsyncClient(_ClientBase):
                     conn.abandon()
                 raise
             if own:
-                if conn.broken or len(self._lock_conns) >= self.MAX_IDLE_LOCK_CONNECTIONS:
+                if conn.broken or generation != self._generation or len(self._lock_conns) >= self.MAX_IDLE_LOCK_CONNECTIONS:
                     await trio.aclose_forcefully(conn.stream)
                 else:
                     self._lock_conns.append(conn)

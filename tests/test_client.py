@@ -1,5 +1,6 @@
 """Every contract function through Client (against a real process) and AsyncClient."""
 
+import os
 import socket
 import time
 import uuid
@@ -507,3 +508,115 @@ async def test_info_reports_the_nodes_counters(nursery):
     assert info["connections"] == 1 and info["connections_total"] == 1
     assert info["commands"] >= 4 and info["command_errors"] == 1
     assert info["server"] == "msession" and info["uptime"] >= 0
+
+
+async def test_async_client_survives_the_node_closing_idle_connections(nursery):
+    server = await start_server(nursery, idle_timeout=0.2)
+    async with AsyncClient(*server.ports[0]) as c:
+        await c.create("s")
+        conn = c._conn
+        with trio.fail_after(5):
+            while not conn.stale():
+                await trio.sleep(0.02)
+        assert await c.inc("s", "n") == 1  # not executed before: sent again, once
+        p = c.pipeline()
+        for _ in range(3):
+            p.setdata("s", b"d" * 40_000)  # > 64 KiB: the concurrent-send path
+        with trio.fail_after(5):
+            while not c._conn.stale():
+                await trio.sleep(0.02)
+        assert await p.execute() == [True] * 3
+        assert await c.get("s", "n") == b"1"
+
+
+async def test_cancelling_a_big_pipeline_leaves_other_tasks_alone(nursery):
+    server = await start_server(nursery)
+    async with AsyncClient(*server.ports[0]) as c:
+        await c.create("s")
+        counts = {"ok": 0}
+
+        async def incs():
+            for _ in range(200):
+                await c.inc("s", "n")
+                counts["ok"] += 1
+
+        async with trio.open_nursery() as n:
+            n.start_soon(incs)
+            for _ in range(20):
+                p = c.pipeline()
+                for _ in range(4):
+                    p.getdata("s")
+                    p.setdata("s", b"e" * 30_000)
+                with trio.move_on_after(0.001):
+                    await p.execute()
+        assert counts["ok"] == 200
+        assert await c.get("s", "n") == b"200"
+
+
+async def test_a_pipeline_with_a_waiting_lock_does_not_block_other_tasks(nursery):
+    server = await start_server(nursery)
+    async with AsyncClient(*server.ports[0]) as holder, AsyncClient(*server.ports[0], timeout=2) as c:
+        key = await holder.lock("L")
+        results = []
+
+        async def batch():
+            p = c.pipeline()
+            p.ping()
+            p.lock("L", wait=5)
+            results.extend(await p.execute())
+
+        async with trio.open_nursery() as n:
+            n.start_soon(batch)
+            for _ in range(10):
+                assert await c.ping() is True
+            await holder.unlock("L", key)
+        assert results[0] is True and results[1] > 0
+
+
+async def test_answers_flushed_before_a_lock_wait_are_under_the_idle_deadline(nursery, monkeypatch):
+    """A client that queues a lock behind answers it never reads is dropped
+    after idle_timeout, and the lock does not go to it."""
+    import node.server
+
+    monkeypatch.setattr(node.server, "SEND_THRESHOLD", 10**9)  # all answers flush before the wait
+    server = await start_server(nursery, idle_timeout=0.5)
+    addr = server.ports[0]
+    async with AsyncClient(*addr) as holder:
+        await holder.setdata("s", b"v" * 3_000_000)
+        key = await holder.lock("L", wait=0)
+        baseline = server.connections
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(addr)
+        from protocol.codec import encode_request
+        from protocol.constants import Cmd
+
+        gets = b"".join(encode_request(i, Cmd.DATAGET, [b"s"]) for i in range(3))  # 9 MB unread
+        sock.sendall(gets + encode_request(9, Cmd.SLOCK, [b"L", 10000]))
+        with trio.fail_after(5):
+            while not server.node.locks._locks[b"L"].waiters:  # queued, flushing
+                await trio.sleep(0.01)
+            while server.connections != baseline:  # dropped by the idle deadline
+                await trio.sleep(0.01)
+        assert not server.node.locks._locks[b"L"].waiters
+        await holder.unlock("L", key)
+        assert server.node.locks.holder(b"L") == 0
+        sock.close()
+
+
+def test_stale_check_works_for_descriptors_above_1024(shared_node_process):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip("cannot open more than 1024 files here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    fillers = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        with Client(port=shared_node_process.port) as c:
+            assert c.ping() and c._conn.sock.fileno() > 1024
+            assert c.ping()  # the second call checks the idle connection
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

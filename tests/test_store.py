@@ -235,3 +235,13 @@ def test_housekeeping_runs_again_at_once_while_a_mass_expiry_lasts():
     assert len(node.store) == 5
     assert node.housekeeping(20.0) > 20.0
     assert len(node.store) == 0
+
+
+def test_count_and_listing_skip_due_sessions_without_reaping_them():
+    s = make(timeout=10)
+    create(s, b"a")
+    create(s, b"b", now=5.0)
+    assert s.count(10.0) == 1  # a is due
+    assert [x.sid for x in s.sessions(10.0)] == [b"b"]
+    assert len(s) == 2  # left for the reaper
+    assert [x.sid for x in s.expire(10.0)] == [b"a"]
