@@ -8,8 +8,8 @@ the connection is still read, so a client that goes away stops waiting (and
 hands back a lock granted to it) at once.
 
 Timeouts cost nothing per request: each connection has one cancel scope whose
-deadline is the idle deadline (moved forward only when it comes near) or, while
-a frame is incomplete, that frame's deadline.
+deadline ``node/deadlines.py`` decides (the idle deadline, moved only when it
+comes near, or an incomplete frame's deadline); this module only copies it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from protocol.constants import Err
 
 from .commands import CommandError, LockWait, Node
 from .config import Config
+from .deadlines import ConnDeadline
 from .logs import RateLimitedLog
 
 log = logging.getLogger("msession.server")
@@ -56,15 +57,20 @@ class _Conn:
     end cannot starve the others.
     """
 
-    __slots__ = ("sock", "decoder", "eof", "peer", "scope", "cut")
+    __slots__ = ("sock", "decoder", "eof", "peer", "scope", "timer", "cut")
 
-    def __init__(self, sock: socket.socket, addr: Any, max_frame: int):
+    def __init__(self, sock: socket.socket, addr: Any, config: Config):
         self.sock = sock
-        self.decoder = FrameDecoder(max_frame)
+        self.decoder = FrameDecoder(config.max_frame)
         self.eof = False
         self.peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-        self.scope = trio.CancelScope()  # its deadline carries the idle and frame timeouts
+        self.timer = ConnDeadline(config.idle_timeout, config.frame_timeout, trio.current_time())
+        self.scope = trio.CancelScope(deadline=self.timer.deadline)  # carries the timer's deadline
         self.cut = False  # an answer was cut off mid-send: nothing more may be sent
+
+    def sync_deadline(self) -> None:
+        if self.scope.deadline != self.timer.deadline:  # moving it costs: only on change
+            self.scope.deadline = self.timer.deadline
 
     async def recv(self) -> bytes:
         """The next bytes from the client; b"" at end of stream."""
@@ -180,7 +186,7 @@ class Server:
 
     async def _handle(self, sock: socket.socket, addr: Any) -> None:
         self.counters.connections_total += 1
-        conn = _Conn(sock, addr, self.config.max_frame)
+        conn = _Conn(sock, addr, self.config)
         if self.connections >= self.config.max_connections:
             self.counters.connections_refused += 1
             self._log.info("refusing a connection: %d connections open (max_connections)", self.connections)
@@ -195,54 +201,30 @@ class Server:
             self.connections -= 1
             _close(sock)
 
-    def _extend_idle(self, conn: _Conn, now: float) -> None:
-        # Moves the deadline only when it is nearer than idle_timeout, by a
-        # quarter more, so a busy connection rarely touches its cancel scope.
-        # An idle connection is closed after idle_timeout to 1.25 x idle_timeout.
-        if conn.scope.deadline < now + self.config.idle_timeout:
-            conn.scope.deadline = now + self.config.idle_timeout * 1.25
-
     async def _serve_conn(self, conn: _Conn) -> None:
-        cfg = self.config
-        partial_since: float | None = None  # when the incomplete frame began
+        timer = conn.timer
         with conn.scope:
-            conn.scope.deadline = trio.current_time() + cfg.idle_timeout * 1.25
             while True:
                 data = await conn.recv()
                 if not data:
                     conn.eof = True
                     return
-                now = trio.current_time()
                 conn.decoder.feed(data)
-                if partial_since is None:
-                    self._extend_idle(conn, now)
-                elif conn.decoder.has_frame():
-                    # The frame that was pending is complete: answering it is
-                    # under the idle deadline, not the frame deadline.
-                    partial_since = None
-                    conn.scope.deadline = now + cfg.idle_timeout * 1.25
+                timer.received(trio.current_time(), conn.decoder.has_frame())
+                conn.sync_deadline()
                 answered = await self._run_frames(conn)
                 if answered < 0 or conn.eof:
                     return
-                now = trio.current_time()  # answering may have waited for a lock
-                if not conn.decoder.pending:
-                    if partial_since is not None:
-                        partial_since = None
-                        conn.scope.deadline = now + cfg.idle_timeout * 1.25
-                elif partial_since is None:
-                    partial_since = now  # a new frame has begun
-                    conn.scope.deadline = now + min(cfg.frame_timeout, cfg.idle_timeout)
+                timer.answered(trio.current_time(), bool(conn.decoder.pending))
+                conn.sync_deadline()
         if conn.scope.cancelled_caught:
             self.counters.timeouts += 1
             if conn.cut:
                 # The client stopped reading in the middle of an answer: a
                 # TIMEOUT frame now would land inside that answer.
-                self._log.info("%s: not reading its answers for %g s: closing", conn.peer, cfg.idle_timeout)
+                self._log.info("%s: not reading its answers: closing", conn.peer)
                 return
-            if partial_since is not None:
-                msg = f"frame not completed within {cfg.frame_timeout:g} s: closing"
-            else:
-                msg = f"idle (or not reading answers) for {cfg.idle_timeout:g} s: closing"
+            msg = timer.reason()
             self._log.info("%s: %s", conn.peer, msg)
             await self._send_and_close(conn, self._encoder.error(None, Err.TIMEOUT, msg))
 
@@ -314,7 +296,6 @@ class Server:
         event = trio.Event()
         lw.waiter.handle = event.set  # before any await: a grant must not be missed
         left = delivered = False
-        saved_deadline = conn.scope.deadline
         try:
             if flush:
                 await conn.send(flush)  # under the idle deadline: the client must read
@@ -349,7 +330,8 @@ class Server:
                     self.node.unlock_abandoned(lw.sid, lw.waiter.key)
                 else:
                     self.node.locks.cancel(lw.sid, lw.waiter)
-            conn.scope.deadline = max(saved_deadline, trio.current_time() + self.config.idle_timeout)
+            conn.timer.waited(trio.current_time())
+            conn.sync_deadline()
 
     def _bad(self, conn: _Conn, message: str) -> None:
         self.counters.bad_frames += 1
@@ -405,7 +387,7 @@ def _raise_file_limit(wanted: int) -> None:
         )
 
 
-async def main_async(config: Config, ready: Callable[[list], None] | None = None) -> None:
+async def main_async(config: Config) -> None:
     """Runs a node until SIGTERM or SIGINT, then shuts down cleanly."""
     server = Server(config)
     await server.listen()  # outside the nursery, so a busy port is one clear line
@@ -414,8 +396,6 @@ async def main_async(config: Config, ready: Callable[[list], None] | None = None
             ports = await nursery.start(server.run)
             for host, port in ports:
                 log.info("msession listening on %s:%d", host, port)
-            if ready:
-                ready(ports)
             async for signum in signals:
                 log.info("received %s: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
