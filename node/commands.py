@@ -10,6 +10,7 @@ waited for, returns a ``LockWait`` that the I/O layer waits on (see
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -133,17 +134,26 @@ class Node:
         self.started = clock()
         # Callables adding their counters to INFO (the server adds its own).
         self.info_providers: list[Callable[[], dict]] = []
+        # Called when a lease now ends before the next housekeeping the I/O
+        # layer has scheduled (a waiter depends on it): run housekeeping sooner.
+        self.kick: Callable[[], None] = lambda: None
+        self._next_lease_check = math.inf  # lock clock
 
     def execute(self, cmd: int, args: list, now: float) -> Any:
-        handler = self._handlers.get(cmd)
-        if handler is None:
-            if cmd in (Cmd.FLUSH, Cmd.SERIALIZE, Cmd.RESTORE, Cmd.EXEC):
-                raise CommandError("UNKNOWN", f"command {Cmd(cmd).name} ({cmd}) is not supported by this server")
-            raise CommandError("UNKNOWN", f"unknown command {cmd}")
+        self.stats["commands"] += 1
         try:
+            handler = self._handlers.get(cmd)
+            if handler is None:
+                if cmd in (Cmd.FLUSH, Cmd.SERIALIZE, Cmd.RESTORE, Cmd.EXEC):
+                    raise CommandError("UNKNOWN", f"command {Cmd(cmd).name} ({cmd}) is not supported by this server")
+                raise CommandError("UNKNOWN", f"unknown command {cmd}")
             return handler(args, now)
         except st.StoreError as exc:
+            self.stats["errors"] += 1
             raise CommandError(exc.name, exc.message) from None
+        except CommandError:
+            self.stats["errors"] += 1
+            raise
 
     # -- helpers -------------------------------------------------------------
 
@@ -152,6 +162,12 @@ class Node:
 
     def _name(self, value: Any) -> bytes:
         return _bytes(value, "variable name", self.config.max_name_len, allow_empty=False)
+
+    def _classname_data(self, rest: list) -> tuple[bytes, bytes]:
+        """The optional ``[classname [data]]`` of CREATE and UNIQ."""
+        classname = _bytes(rest[0], "classname", self.config.max_name_len) if rest else b""
+        data = _bytes(rest[1], "data") if len(rest) > 1 else b""
+        return classname, data
 
     def _timeout(self, value: Any) -> int:
         return _int(value, "timeout", 1, self.config.max_timeout)
@@ -201,9 +217,7 @@ class Node:
     def create(self, args, now):
         _arity(args, 1, 3, "CREATE session [classname [data]]")
         sid = self._sid(args[0])
-        classname = _bytes(args[1], "classname", self.config.max_name_len) if len(args) > 1 else b""
-        data = _bytes(args[2], "data") if len(args) > 2 else b""
-        return self.store.apply(st.Create(sid, self.store.version(now), classname, data), now)
+        return self.store.apply(st.Create(sid, self.store.version(now), *self._classname_data(args[1:])), now)
 
     def drop(self, args, now):
         _arity(args, 1, 1, "DROP session")
@@ -306,8 +320,7 @@ class Node:
     def uniq(self, args, now):
         _arity(args, 1, 3, "UNIQ num_chars [classname [data]]")
         length = _int(args[0], "num_chars", 1, self.config.max_uniq_len)
-        classname = _bytes(args[1], "classname", self.config.max_name_len) if len(args) > 1 else b""
-        data = _bytes(args[2], "data") if len(args) > 2 else b""
+        classname, data = self._classname_data(args[1:])
         sid = self.store.new_id(length, now, taken=lambda s: self.locks.holder(s) != 0)
         self.store.apply(st.Create(sid, self.store.version(now), classname, data), now)
         return sid
@@ -336,6 +349,7 @@ class Node:
             raise CommandError("LOCKED", "session is locked")
         waiter = Waiter(lease)
         self.locks.enqueue(sid, waiter)
+        self._watch_leases()
         return LockWait(sid, waiter, wait)
 
     def sunlock(self, args, now):
@@ -384,6 +398,14 @@ class Node:
         for waiter in granted:
             if waiter.handle is not None:
                 waiter.handle()
+        if granted:
+            self._watch_leases()  # the new holder's lease may end soon
+
+    def _watch_leases(self) -> None:
+        due = self.locks.next_deadline()
+        if due is not None and due < self._next_lease_check:
+            self._next_lease_check = due
+            self.kick()
 
     def housekeeping(self, now: float) -> float:
         """Expires sessions and lock leases; returns when to run again.
@@ -395,11 +417,11 @@ class Node:
         self.wake(self.locks.expire(mono))
         if len(self.store.expire(now, EXPIRE_BATCH)) == EXPIRE_BATCH:
             return now
-        # While locks are held, look again often: a lease taken after this
-        # call may end sooner than the next wake-up computed here.
-        due = [now + (0.1 if len(self.locks) else 1.0)]
+        due = [now + 1.0]
         if self.store.next_expiry() is not None:
             due.append(self.store.next_expiry())
         if self.locks.next_deadline() is not None:
             due.append(now + self.locks.next_deadline() - mono)
-        return min(due)
+        wake = min(due)
+        self._next_lease_check = mono + (wake - now)
+        return wake

@@ -77,3 +77,38 @@ def test_cancelled_waiter_is_skipped():
     t.cancel(b"s", w1)
     assert t.release(b"s", key, 1.0) == [w2]
     assert w1.key == 0
+
+
+def test_node_wakes_housekeeping_when_a_waiter_depends_on_a_lease():
+    """A waiter behind a short lease must not wait for the next regular
+    housekeeping: the node asks the I/O layer to run it sooner."""
+    from node.commands import LockWait, Node
+    from node.config import Config
+
+    mono = [100.0]
+    node = Node(Config(), clock=lambda: 0.0, lock_clock=lambda: mono[0])
+    kicks = []
+    node.kick = lambda: kicks.append(mono[0])
+    assert node.housekeeping(0.0) == 1.0  # nothing due: a second from now
+    node.execute(11, [b"s", 0, 200], 0.0)  # lock with a 0.2 s lease, nobody waiting
+    assert kicks == []
+    wait = node.execute(11, [b"s", 5000], 0.0)  # a waiter now depends on that lease
+    assert isinstance(wait, LockWait) and kicks == [100.0]
+    assert abs(node.housekeeping(0.0) - 0.2) < 1e-9
+    mono[0] = 100.2
+    node.housekeeping(0.2)  # the lease ends: the waiter gets the lock
+    assert wait.waiter.key and node.locks.holder(b"s") == wait.waiter.key
+
+
+def test_node_counts_commands_and_errors():
+    import pytest
+
+    from node.commands import CommandError, Node
+    from node.config import Config
+
+    node = Node(Config(), clock=lambda: 0.0)
+    node.execute(5, [b"s"], 0.0)
+    for cmd, args in ((5, [b"s"]), (5, []), (999, [])):
+        with pytest.raises(CommandError):
+            node.execute(cmd, args, 0.0)  # DUPSESSION, BADARG, UNKNOWN
+    assert node.stats == {"commands": 4, "errors": 3}
