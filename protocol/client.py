@@ -27,7 +27,7 @@ from __future__ import annotations
 import select
 import socket
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import trio
 
@@ -246,22 +246,39 @@ def _connection_error(resp: Response, answered: bool) -> Exception:
     return error
 
 
-def _check_retry(exc: Exception, safe: bool, attempts_left: int) -> None:
-    """Raises unless a failed exchange may be tried again on the next node."""
-    if isinstance(exc, _NotExecuted):
-        if attempts_left <= 0:
-            raise exc.error from None
-        return
-    if isinstance(exc, MsessionError):
-        raise exc
-    if not safe:
-        raise MsessionError("BADCONN", f"node failed during a request that may have been applied: {exc!r}") from None
-    if attempts_left <= 0:
-        raise MsessionError("BADCONN", f"request failed on every node: {exc!r}") from None
+class _Attempts:
+    """After a failed exchange, what next (sans-I/O): the same node again, the
+    next node, or an error for the caller.
 
+    A request the node never ran (its connection closed while idle, or broke
+    before our bytes went out) goes again, twice at most, to the same node.
+    Otherwise each node is tried once, and a request that may have been applied
+    (``_NOT_IDEMPOTENT``) is not sent again at all.
+    """
 
-def _idle_closed(exc: BaseException) -> bool:
-    return isinstance(exc, _NotExecuted) and exc.error.code == "TIMEOUT"
+    SAME, NEXT = "same", "next"
+
+    def __init__(self, requests: list[tuple[int, list]], nodes: int, request_timeout: float):
+        self.safe = not any(cmd in _NOT_IDEMPOTENT for cmd, _ in requests)
+        self.timeout = request_timeout + max(_lock_wait(cmd, args) for cmd, args in requests)
+        self.nodes_left = nodes
+        self.same_node_retries = 2
+
+    def failed(self, exc: Exception) -> str:
+        if isinstance(exc, _NotExecuted) and exc.error.code in ("TIMEOUT", "BADCONN") and self.same_node_retries:
+            self.same_node_retries -= 1
+            return self.SAME
+        self.nodes_left -= 1
+        if isinstance(exc, _NotExecuted):
+            if self.nodes_left <= 0:
+                raise exc.error from None
+        elif isinstance(exc, MsessionError):
+            raise exc
+        elif not self.safe:
+            raise MsessionError("BADCONN", f"node failed during a request that may have been applied: {exc!r}") from None
+        elif self.nodes_left <= 0:
+            raise MsessionError("BADCONN", f"request failed on every node: {exc!r}") from None
+        return self.NEXT
 
 
 def _readable(fd: int) -> bool:
@@ -308,6 +325,19 @@ class _ClientBase(_Commands):
         self.max_answer = max_answer
         self._next = 0  # index of the node to try first
         self.server_info: dict = {}
+
+    def _candidates(self) -> Iterator[tuple[int, tuple[str, int]]]:
+        """The nodes in the order to try them, the current one first."""
+        for i in range(len(self.nodes)):
+            index = (self._next + i) % len(self.nodes)
+            yield index, self.nodes[index]
+
+    def _failed_over(self) -> None:
+        self._next = (self._next + 1) % len(self.nodes)
+
+
+def _noconnect(errors: list[str]) -> MsessionError:
+    return MsessionError("NOCONNECT", "no node answered (" + "; ".join(errors) + ")")
 
 
 def _result(resp: Response, convert: Callable) -> Any:
@@ -440,8 +470,7 @@ class Client(_ClientBase):
 
     def _connect(self) -> _SyncConn:
         errors = []
-        for i in range(len(self.nodes)):
-            addr = self.nodes[(self._next + i) % len(self.nodes)]
+        for index, addr in self._candidates():
             conn = None
             try:
                 conn = _SyncConn(addr, self.connect_timeout, self.max_answer)
@@ -456,31 +485,25 @@ class Client(_ClientBase):
                 if conn is not None:
                     conn.close()
                 raise
-            self._next = (self._next + i) % len(self.nodes)
+            self._next = index
             self._conn = conn
             return conn
-        raise MsessionError("NOCONNECT", "no node answered (" + "; ".join(errors) + ")")
+        raise _noconnect(errors)
 
     def _exchange(self, requests: list[tuple[int, list]]) -> list[Response]:
-        safe = not any(cmd in _NOT_IDEMPOTENT for cmd, _ in requests)
-        timeout = self.request_timeout + max(_lock_wait(cmd, args) for cmd, args in requests)
-        attempts, free_retries = len(self.nodes), 2
+        attempts = _Attempts(requests, len(self.nodes), self.request_timeout)
         while True:
             if self._conn is not None and self._conn.stale():
                 self.close()  # closed by the node while idle: nothing was sent on it
             conn = self._conn or self._connect()
             try:
-                return conn.exchange(requests, timeout)
+                return conn.exchange(requests, attempts.timeout)
             except MsessionError:
                 raise  # BADLEN before sending: the connection is still fine
             except (OSError, ProtocolError, _NotExecuted) as exc:
                 self.close()
-                if _idle_closed(exc) and free_retries:
-                    free_retries -= 1  # the node closed an idle connection: same node again
-                    continue
-                self._next = (self._next + 1) % len(self.nodes)
-                attempts -= 1
-                _check_retry(exc, safe, attempts)
+                if attempts.failed(exc) == attempts.NEXT:
+                    self._failed_over()
             except BaseException:
                 self.close()  # e.g. KeyboardInterrupt mid-exchange: the stream is out of step
                 raise
@@ -644,8 +667,7 @@ class AsyncClient(_ClientBase):
     async def _open(self) -> _AsyncConn:
         """A new connection to the first node that answers, HELLO done."""
         errors = []
-        for i in range(len(self.nodes)):
-            addr = self.nodes[(self._next + i) % len(self.nodes)]
+        for index, addr in self._candidates():
             stream = None
             try:
                 with trio.fail_after(self.connect_timeout):
@@ -662,9 +684,9 @@ class AsyncClient(_ClientBase):
                 if stream is not None:
                     await trio.aclose_forcefully(stream)
                 raise
-            self._next = (self._next + i) % len(self.nodes)
+            self._next = index
             return conn
-        raise MsessionError("NOCONNECT", "no node answered (" + "; ".join(errors) + ")")
+        raise _noconnect(errors)
 
     async def _shared(self) -> _AsyncConn:
         async with self._connecting:
@@ -686,17 +708,15 @@ class AsyncClient(_ClientBase):
         return await self._open()
 
     async def _exchange(self, requests: list[tuple[int, list]]) -> list[Response]:
-        safe = not any(cmd in _NOT_IDEMPOTENT for cmd, _ in requests)
-        timeout = self.request_timeout + max(_lock_wait(cmd, args) for cmd, args in requests)
+        attempts = _Attempts(requests, len(self.nodes), self.request_timeout)
         # A batch with a lock that may wait goes over a connection of its own:
         # while it waits, its connection answers nothing else.
         own = any(_waits(cmd, args) for cmd, args in requests)
-        attempts, free_retries = len(self.nodes), 2
         while True:
             generation = self._generation
             conn = await (self._lock_conn() if own else self._shared())
             try:
-                with trio.fail_after(timeout):
+                with trio.fail_after(attempts.timeout):
                     answers = await conn.exchange(requests)
             except MsessionError:
                 if own:
@@ -708,15 +728,8 @@ class AsyncClient(_ClientBase):
                 if self._conn is conn:
                     self._conn = None
                 await trio.aclose_forcefully(conn.stream)
-                if _idle_closed(exc) and free_retries:
-                    free_retries -= 1
-                    continue
-                if isinstance(exc, _NotExecuted) and exc.error.code == "BADCONN" and free_retries:
-                    free_retries -= 1  # another task's failure; ours was never sent
-                    continue
-                self._next = (self._next + 1) % len(self.nodes)
-                attempts -= 1
-                _check_retry(exc, safe, attempts)
+                if attempts.failed(exc) == attempts.NEXT:
+                    self._failed_over()
                 continue
             except BaseException:
                 if own:

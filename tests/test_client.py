@@ -620,3 +620,25 @@ def test_stale_check_works_for_descriptors_above_1024(shared_node_process):
         for fd in fillers:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_retry_rules_without_sockets():
+    from protocol.client import _Attempts, _NotExecuted
+    from protocol.constants import Cmd
+
+    idle = _NotExecuted(MsessionError("TIMEOUT", "idle"))
+    a = _Attempts([(Cmd.INC, [b"s", b"n"])], nodes=2, request_timeout=10)
+    assert a.failed(idle) == a.SAME and a.failed(idle) == a.SAME  # never ran: again, same node
+    assert a.failed(_NotExecuted(MsessionError("BUSY", ""))) == a.NEXT
+    with pytest.raises(MsessionError) as exc:
+        a.failed(ConnectionResetError())  # INC may have run: not sent again
+    assert exc.value.code == "BADCONN"
+
+    b = _Attempts([(Cmd.GETVAL, [b"s", b"n"])], nodes=2, request_timeout=10)
+    assert b.failed(TimeoutError()) == b.NEXT
+    with pytest.raises(MsessionError, match="every node"):
+        b.failed(TimeoutError())
+    with pytest.raises(MsessionError) as exc:
+        _Attempts([(Cmd.PING, [])], 3, 10).failed(MsessionError("BADLEN", "too big"))
+    assert exc.value.code == "BADLEN"
+    assert _Attempts([(Cmd.SLOCK, [b"s", 5000])], 1, 10).timeout == 15
