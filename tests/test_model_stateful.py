@@ -166,6 +166,14 @@ class SessionMachine(RuleBasedStateMachine):
         assert out.error is None, f"expected {value!r}, got {out!r}"
         assert out.value == value, f"expected {value!r}, got {out!r}"
 
+    def expect(self, out: Outcome, errs: list[str], value) -> bool:
+        """One of ``errs`` if any applies, else the value ``value()``; True on success."""
+        if errs:
+            self.expect_error(out, *errs)
+            return False
+        self.expect_value(out, value())
+        return True
+
     def arg_errors(self, sid: bytes | None = None, *names: bytes, need_session: bool = True) -> list[str]:
         """Acceptable errors for these arguments ([] if none applies)."""
         errs = []
@@ -206,10 +214,7 @@ class SessionMachine(RuleBasedStateMachine):
         sid = self.sid(key)
         out = Outcome(self.c.set, sid, name, value)
         errs = self.arg_errors(sid, name)
-        if errs:
-            self.expect_error(out, *errs)
-        else:
-            self.expect_value(out, True)
+        if self.expect(out, errs, lambda: True):
             self.sessions[sid].vars[name] = value
 
     @rule(key=sid_keys, name=names, default=st.sampled_from([None, b"DEFAULT", b""]))
@@ -217,10 +222,7 @@ class SessionMachine(RuleBasedStateMachine):
         sid = self.sid(key)
         out = Outcome(self.c.get, sid, name, default)
         errs = self.arg_errors(sid, name)
-        if errs:
-            self.expect_error(out, *errs)
-        else:
-            self.expect_value(out, self.sessions[sid].vars.get(name, default))
+        self.expect(out, errs, lambda: self.sessions[sid].vars.get(name, default))
 
     @rule(key=sid_keys)
     def get_array(self, key):
@@ -238,10 +240,7 @@ class SessionMachine(RuleBasedStateMachine):
         sid = self.sid(key)
         out = Outcome(self.c.set_array, sid, pairs)
         errs = self.arg_errors(sid, *pairs)
-        if errs:
-            self.expect_error(out, *errs)  # and nothing applied: atomic
-        else:
-            self.expect_value(out, None)
+        if self.expect(out, errs, lambda: None):  # on error nothing applied: atomic
             self.sessions[sid].vars.update(pairs)
 
     @rule(key=sid_keys)
@@ -249,10 +248,7 @@ class SessionMachine(RuleBasedStateMachine):
         sid = self.sid(key)
         out = Outcome(self.c.getdata, sid)
         errs = self.arg_errors(sid)
-        if errs:
-            self.expect_error(out, *errs)
-        else:
-            self.expect_value(out, self.sessions[sid].data)
+        self.expect(out, errs, lambda: self.sessions[sid].data)
 
     @rule(key=sid_keys, data=datas)
     def setdata(self, key, data):
@@ -331,10 +327,7 @@ class SessionMachine(RuleBasedStateMachine):
         sid = self.sid(key)
         out = Outcome(self.c.timeout, sid)
         errs = self.arg_errors(sid)
-        if errs:
-            self.expect_error(out, *errs)
-        else:
-            self.expect_value(out, self.sessions[sid].timeout)
+        self.expect(out, errs, lambda: self.sessions[sid].timeout)
 
     @rule(key=sid_keys, seconds=timeouts)
     def timeout_set(self, key, seconds):
@@ -345,10 +338,7 @@ class SessionMachine(RuleBasedStateMachine):
         errs = self.arg_errors(sid)
         if valid_sid(sid) and not 1 <= seconds <= MAX_TIMEOUT:
             errs.append("BADARG")
-        if errs:
-            self.expect_error(out, *errs)
-        else:
-            self.expect_value(out, seconds)
+        if self.expect(out, errs, lambda: seconds):
             self.sessions[sid].timeout = seconds
 
     @rule(key=sid_keys)

@@ -166,21 +166,15 @@ def test_expire_work_is_proportional_to_what_expires():
             examined.append(key)
             return super().pop(key, *default)
 
-        def __iter__(self):
-            scans.append("iter")
-            return super().__iter__()
+    def scanning(name):
+        def method(self, *args):
+            scans.append(name)
+            return getattr(dict, name)(self, *args)
 
-        def values(self):
-            scans.append("values")
-            return super().values()
+        return method
 
-        def items(self):
-            scans.append("items")
-            return super().items()
-
-        def keys(self):
-            scans.append("keys")
-            return super().keys()
+    for name in ("__iter__", "values", "items", "keys"):
+        setattr(CountingDict, name, scanning(name))
 
     s._sessions = CountingDict(s._sessions)
     gone = s.expire(10.0)
