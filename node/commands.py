@@ -201,6 +201,7 @@ class Node:
             "sessions": self.store.count(now),
             "sessions_expired": self.store.expired_total,
             "locks": len(self.locks),
+            "lock_waiters": self.locks.waiting(),
             "lock_lease_expiries": self.locks.lease_expiries,
             "commands": self.stats["commands"],
             "command_errors": self.stats["errors"],

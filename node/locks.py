@@ -57,6 +57,10 @@ class LockTable:
     def __len__(self) -> int:
         return len(self._locks)
 
+    def waiting(self) -> int:
+        """Lockers queued behind held locks (O(locks held))."""
+        return sum(len(lock.waiters) for lock in self._locks.values())
+
     def holder(self, sid: bytes) -> int:
         """The key holding ``sid``, or 0."""
         lock = self._locks.get(sid)
