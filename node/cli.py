@@ -17,6 +17,7 @@ from protocol.client import Client, MsessionError
 from protocol.constants import DEFAULT_PORT
 
 from . import config as config_mod
+from .plugins import PluginError
 
 # name: (argument names, help). A name ending in "?" is optional, "*" takes the rest.
 COMMANDS: dict[str, tuple[list[str], str]] = {
@@ -159,13 +160,9 @@ def serve(ns: argparse.Namespace) -> int:
     )
     try:
         trio.run(main_async, cfg)
-    except Exception as exc:  # plugin errors and the like: say what, not a traceback
-        from .plugins import PluginError
-
-        if isinstance(exc, PluginError):
-            print(f"msession: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except PluginError as exc:  # a plugin that cannot load: say which, not a traceback
+        print(f"msession: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

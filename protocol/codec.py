@@ -153,20 +153,9 @@ def _salvage_id(msg: Any) -> int | None:
     return None
 
 
-def encode_ok(request_id: int | None, result: Any) -> bytes:
-    return encode_frame([request_id, Status.OK, result])
-
-
-def encode_error(request_id: int | None, code: int, message: str) -> bytes:
-    return encode_frame([request_id, Status.ERR, [int(code), message]])
-
-
 class Encoder:
-    """Encodes answers with one reusable ``msgpack.Packer``.
-
-    Faster than ``encode_ok``/``encode_error`` (which build a packer per call),
-    but not thread-safe: one per thread or event loop.
-    """
+    """Encodes answers (the server's side) with one reusable ``msgpack.Packer``:
+    not thread-safe, so one per thread or event loop."""
 
     __slots__ = ("_pack",)
 

@@ -7,9 +7,8 @@ from protocol.codec import (
     ClientProtocol,
     FrameDecoder,
     ProtocolError,
-    encode_error,
+    Encoder,
     encode_frame,
-    encode_ok,
     encode_request,
     parse_request,
     parse_response,
@@ -112,7 +111,7 @@ def test_client_protocol_numbers_requests_and_parses_answers():
     rid2, _ = proto.request(Cmd.COUNT, [])
     assert rid2 == rid1 + 1
     assert parse_request(data1[4:]).cmd == Cmd.PING
-    answers = encode_ok(rid1, b"PONG") + encode_error(rid2, Err.NOSESSION, "no such session")
+    answers = Encoder().ok(rid1, b"PONG") + Encoder().error(rid2, Err.NOSESSION, "no such session")
     first, second = proto.feed(answers[:5]) + proto.feed(answers[5:])
     assert first.ok and first.value == b"PONG" and first.id == rid1
     assert not second.ok and second.code == Err.NOSESSION and second.message == "no such session"
