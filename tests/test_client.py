@@ -283,7 +283,7 @@ def test_large_pipelines_and_answers(client):
     client.create(s)
     blob = b"z" * 100_000
     with client.pipeline() as p:
-        for i in range(200):  # ~20 MB each way: more than any socket buffer
+        for _ in range(200):  # ~20 MB each way: more than any socket buffer
             p.setdata(s, blob)
             p.getdata(s)
         results = p.execute()
