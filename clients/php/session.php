@@ -1,0 +1,23 @@
+<?php
+/**
+ * Registers msession as PHP's session save handler. One line of set-up:
+ *
+ *     ; php.ini
+ *     auto_prepend_file = /path/to/clients/php/session.php
+ *     session.save_path = "10.0.0.1:8086,10.0.0.2:8086"
+ *     msession.mode = lock          ; or merge (default lock)
+ *
+ * (or `require '/path/to/clients/php/session.php';` before session_start()).
+ * The node list is read from session.save_path when the session opens
+ * (default 127.0.0.1:8086). The settings msession.mode, msession.lock_lease,
+ * msession.lock_wait, msession.sid_length and msession.timeout are read with
+ * get_cfg_var() (php.ini or `php -d`), and are overridden by the environment
+ * variables MSESSION_MODE, MSESSION_LOCK_LEASE, ... (see
+ * src/SessionHandler.php and README.md).
+ */
+
+require_once __DIR__ . '/msession.php';
+
+if (session_status() !== PHP_SESSION_ACTIVE) {
+    session_set_save_handler(new Msession\SessionHandler(), true);
+}

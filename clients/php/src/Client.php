@@ -1,0 +1,366 @@
+<?php
+declare(strict_types=1);
+
+namespace Msession;
+
+/**
+ * A blocking client for one or more msession nodes.
+ *
+ *     $c = new Msession\Client('10.0.0.1:8086,10.0.0.2:8086', ['timeout' => 5]);
+ *     $c->create('s1');
+ *     $c->set('s1', 'user', 'alice');
+ *     [$hits, $all] = $c->pipeline()->inc('s1', 'hits')->getArray('s1')->execute();
+ *
+ * Given several nodes, it connects to the first that answers (HELLO checks
+ * the protocol version) and fails over to the next when a node fails. The
+ * retry policy is protocol/client.py's (_Attempts):
+ *  - a request the node never ran (BUSY or TIMEOUT answered before any of ours,
+ *    or the connection broke before a byte went out) is sent again: to the same
+ *    node twice at most on TIMEOUT/BADCONN, else to the next node;
+ *  - a request that may have run is sent again, to the next node, only if every
+ *    command of the batch is idempotent; CREATE, INC, UNIQ, SLOCK, SUNLOCK,
+ *    PLUGIN and CALL raise MsessionException BADCONN instead;
+ *  - each node is tried once per request; NOCONNECT when none answers.
+ * An idle connection the node has closed is noticed before reuse (it is
+ * readable) and replaced; nothing was sent on it.
+ *
+ * Options: timeout (seconds per request, 10; an SLOCK gets its wait on top),
+ * connect_timeout (2), max_answer (bytes, 256 MiB).
+ */
+final class Client
+{
+    use Commands;
+
+    /** @var list<array{0:string,1:int}> */
+    public readonly array $nodes;
+    public float $timeout;
+    public float $connectTimeout;
+    public int $maxAnswer;
+    /** The current node's HELLO answer (version, max_frame, ...). */
+    public array $serverInfo = [];
+
+    /** @var resource|null */
+    private $sock = null;
+    private int $current = 0;
+    private int $nextId = 1;
+    private string $buf = '';
+    private ?string $addr = null;
+
+    /** @param string|list<string> $nodes "host:port,host:port" or a list of "host[:port]" */
+    public function __construct(string|array $nodes = '127.0.0.1:8086', array $options = [])
+    {
+        $this->nodes = self::parseNodes($nodes);
+        $this->timeout = (float)($options['timeout'] ?? 10.0);
+        $this->connectTimeout = (float)($options['connect_timeout'] ?? 2.0);
+        $this->maxAnswer = (int)($options['max_answer'] ?? 256 * 1024 * 1024);
+    }
+
+    public function __destruct()
+    {
+        $this->close();
+    }
+
+    /** @return list<array{0:string,1:int}> */
+    public static function parseNodes(string|array $nodes): array
+    {
+        if (is_string($nodes)) {
+            $nodes = explode(',', $nodes);
+        }
+        $out = [];
+        foreach ($nodes as $spec) {
+            if (trim((string)$spec) !== '') {
+                $out[] = self::parseNode((string)$spec);
+            }
+        }
+        if (!$out) {
+            throw new \InvalidArgumentException('msession: no nodes given');
+        }
+        return $out;
+    }
+
+    /** "host", "host:port" or "[v6addr]:port" (a "tcp://" prefix is ignored). */
+    public static function parseNode(string $spec, int $defaultPort = Protocol::DEFAULT_PORT): array
+    {
+        $spec = trim($spec);
+        if (str_starts_with($spec, 'tcp://')) {
+            $spec = substr($spec, 6);
+        }
+        $port = '';
+        if (str_starts_with($spec, '[')) {
+            [$host, $rest] = array_pad(explode(']', substr($spec, 1), 2), 2, '');
+            $port = str_starts_with($rest, ':') ? substr($rest, 1) : '';
+        } elseif (substr_count($spec, ':') === 1) {
+            [$host, $port] = explode(':', $spec);
+        } else {
+            $host = $spec;
+        }
+        if ($host === '') {
+            throw new \InvalidArgumentException("msession: no host in node address '$spec'");
+        }
+        if ($port !== '' && !ctype_digit($port)) {
+            throw new \InvalidArgumentException("msession: bad port in node address '$spec'");
+        }
+        return [$host, $port === '' ? $defaultPort : (int)$port];
+    }
+
+    /** "host:port" of the connected node, or null. */
+    public function node(): ?string
+    {
+        return $this->addr;
+    }
+
+    public function close(): void
+    {
+        if ($this->sock !== null) {
+            @fclose($this->sock);
+            $this->sock = null;
+            $this->addr = null;
+        }
+        $this->buf = '';
+    }
+
+    /** Connects now (to the first node that answers) unless connected. */
+    public function connect(): void
+    {
+        if ($this->sock === null || $this->stale()) {
+            $this->close();
+            $this->open();
+        }
+    }
+
+    public function pipeline(): Pipeline
+    {
+        return new Pipeline($this);
+    }
+
+    protected function call(int $cmd, array $args, ?callable $convert = null): mixed
+    {
+        [$answer] = $this->exchange([[$cmd, $args]]);
+        return self::result($answer, $convert);
+    }
+
+    /** @internal [status, result] => converted result, or throws the error. */
+    public static function result(array $answer, ?callable $convert): mixed
+    {
+        if ($answer[0] !== 1) {
+            $err = is_array($answer[1]) ? $answer[1] : [15, 'bad error answer'];
+            throw MsessionException::fromCode((int)$err[0], (string)($err[1] ?? ''));
+        }
+        return $convert ? $convert($answer[1]) : $answer[1];
+    }
+
+    /**
+     * Sends a batch of [cmd, args] requests in one write and returns their
+     * answers as [status, result] pairs, with failover and retries as above.
+     * @internal used by Pipeline
+     */
+    public function exchange(array $requests): array
+    {
+        $safe = true;
+        $timeout = $this->timeout;
+        $extra = 0.0;
+        foreach ($requests as [$cmd, $args]) {
+            $safe = $safe && !isset(Protocol::NOT_IDEMPOTENT[$cmd]);
+            if ($cmd === Protocol::SLOCK) {
+                $extra = max($extra, isset($args[1]) ? $args[1] / 1000.0 : 300.0);
+            }
+        }
+        $timeout += $extra;
+        $nodesLeft = count($this->nodes);
+        $sameNodeRetries = 2;
+        while (true) {
+            $this->connect();
+            try {
+                return $this->roundTrip($requests, $timeout);
+            } catch (NotExecuted $e) {
+                $this->close();
+                if (in_array($e->error->getErrorName(), ['TIMEOUT', 'BADCONN'], true) && $sameNodeRetries > 0) {
+                    $sameNodeRetries--;
+                    continue;
+                }
+                if (--$nodesLeft <= 0) {
+                    throw $e->error;
+                }
+                $this->failedOver();
+            } catch (ConnectionFailed $e) {
+                $this->close();
+                if (!$safe) {
+                    throw new MsessionException('BADCONN', 'node failed during a request that may have been applied: ' . $e->getMessage());
+                }
+                if (--$nodesLeft <= 0) {
+                    throw new MsessionException('BADCONN', 'request failed on every node: ' . $e->getMessage());
+                }
+                $this->failedOver();
+            } catch (MsessionException $e) {
+                $this->close();  // a connection-level error answer: the node closes it
+                throw $e;
+            }
+        }
+    }
+
+    private function failedOver(): void
+    {
+        $this->current = ($this->current + 1) % count($this->nodes);
+    }
+
+    private function open(): void
+    {
+        $errors = [];
+        $n = count($this->nodes);
+        for ($i = 0; $i < $n; $i++) {
+            $index = ($this->current + $i) % $n;
+            [$host, $port] = $this->nodes[$index];
+            $target = str_contains($host, ':') ? "[$host]:$port" : "$host:$port";
+            $ctx = stream_context_create(['socket' => ['tcp_nodelay' => true]]);
+            $sock = @stream_socket_client("tcp://$target", $errno, $errstr, $this->connectTimeout, STREAM_CLIENT_CONNECT, $ctx);
+            if ($sock === false) {
+                $errors[] = "$target: " . ($errstr ?: "error $errno");
+                continue;
+            }
+            stream_set_blocking($sock, false);
+            $this->sock = $sock;
+            $this->buf = '';
+            try {
+                [$hello] = $this->roundTrip([[Protocol::HELLO, [Protocol::VERSION]]], $this->connectTimeout);
+            } catch (ConnectionFailed | NotExecuted $e) {
+                $this->close();
+                $errors[] = "$target: " . $e->getMessage();
+                continue;
+            }
+            $this->serverInfo = self::result($hello, null);
+            $this->current = $index;
+            $this->addr = $target;
+            return;
+        }
+        throw new MsessionException('NOCONNECT', 'no node answered (' . implode('; ', $errors) . ')');
+    }
+
+    /** A node closes idle connections: a readable idle socket means EOF or a last error. */
+    private function stale(): bool
+    {
+        if ($this->buf !== '' || feof($this->sock)) {
+            return true;
+        }
+        $r = [$this->sock];
+        $w = $e = null;
+        return @stream_select($r, $w, $e, 0) !== 0;
+    }
+
+    /**
+     * Writes the requests while reading answers (a node stops reading a
+     * connection whose answers pile up unread), until each has its answer.
+     */
+    private function roundTrip(array $requests, float $timeout): array
+    {
+        $ids = [];
+        $out = '';
+        $maxFrame = (int)($this->serverInfo['max_frame'] ?? 4194304);
+        foreach ($requests as [$cmd, $args]) {
+            $id = $this->nextId++;
+            $frame = Protocol::request($id, $cmd, $args);
+            if (strlen($frame) - 4 > $maxFrame) {
+                throw new MsessionException('BADLEN', sprintf('request of %d bytes exceeds the node\'s max_frame of %d', strlen($frame) - 4, $maxFrame));
+            }
+            $ids[$id] = count($ids);
+            $out .= $frame;
+        }
+        $answers = [];
+        $sent = 0;
+        $total = strlen($out);
+        $deadline = microtime(true) + $timeout;
+        while (count($answers) < count($ids)) {
+            $left = $deadline - microtime(true);
+            if ($left <= 0) {
+                throw new ConnectionFailed(sprintf('no answer within %g s', $timeout));
+            }
+            $r = [$this->sock];
+            $w = $sent < $total ? [$this->sock] : null;
+            $e = null;
+            $n = @stream_select($r, $w, $e, (int)$left, (int)(($left - (int)$left) * 1e6));
+            if ($n === false) {
+                throw new ConnectionFailed('select failed');
+            }
+            if ($w) {
+                $k = @fwrite($this->sock, $sent === 0 ? $out : substr($out, $sent));
+                if ($k === false || ($k === 0 && feof($this->sock))) {
+                    if ($sent === 0) {
+                        throw new NotExecuted(new MsessionException('BADCONN', 'connection closed before the request was sent'));
+                    }
+                    throw new ConnectionFailed('connection closed while sending');
+                }
+                $sent += $k;
+            }
+            if ($r) {
+                $chunk = @fread($this->sock, 262144);
+                if ($chunk === false || ($chunk === '' && feof($this->sock))) {
+                    throw new ConnectionFailed('connection closed by the node');
+                }
+                $this->buf .= $chunk;
+                foreach ($this->frames() as $msg) {
+                    if (!is_array($msg) || count($msg) !== 3) {
+                        throw new ConnectionFailed('malformed answer');
+                    }
+                    [$id, $status, $result] = $msg;
+                    if ($id === null && $status === 0) {
+                        $err = MsessionException::fromCode((int)($result[0] ?? 15), (string)($result[1] ?? ''));
+                        if ($err->getErrorName() === 'BADHDR') {
+                            continue;  // the connection goes on
+                        }
+                        if (!$answers && in_array($err->getErrorName(), ['BUSY', 'TIMEOUT'], true)) {
+                            throw new NotExecuted($err);  // answers come in order: none of ours ran
+                        }
+                        throw $err;
+                    }
+                    if (isset($ids[$id])) {
+                        // ext-msgpack decodes an empty map as stdClass: maps are arrays here
+                        $answers[$ids[$id]] = [$status, $result instanceof \stdClass ? (array)$result : $result];
+                    }
+                }
+            }
+        }
+        ksort($answers);
+        return $answers;
+    }
+
+    /** Cuts the complete frames out of the read buffer and decodes them. */
+    private function frames(): array
+    {
+        $msgs = [];
+        $pos = 0;
+        $len = strlen($this->buf);
+        while ($len - $pos >= 4) {
+            $size = unpack('N', $this->buf, $pos)[1];
+            if ($size > $this->maxAnswer) {
+                throw new ConnectionFailed("answer of $size bytes exceeds max_answer");
+            }
+            if ($len - $pos - 4 < $size) {
+                break;
+            }
+            $body = substr($this->buf, $pos + 4, $size);
+            $pos += 4 + $size;
+            $msg = @msgpack_unpack($body);
+            if ($msg === null && $body !== "\xc0") {
+                throw new ConnectionFailed('undecodable answer');
+            }
+            $msgs[] = $msg;
+        }
+        if ($pos > 0) {
+            $this->buf = (string)substr($this->buf, $pos);
+        }
+        return $msgs;
+    }
+}
+
+/** @internal The node refused or closed the connection before running any of our requests. */
+final class NotExecuted extends \Exception
+{
+    public function __construct(public readonly MsessionException $error)
+    {
+        parent::__construct($error->getMessage());
+    }
+}
+
+/** @internal The connection failed (I/O error, EOF, timeout, garbage) during an exchange. */
+final class ConnectionFailed extends \Exception
+{
+}

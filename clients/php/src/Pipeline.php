@@ -1,0 +1,50 @@
+<?php
+declare(strict_types=1);
+
+namespace Msession;
+
+/**
+ * Queues commands and sends them in one write:
+ *     [$n, $all] = $client->pipeline()->inc($s, 'n')->getArray($s)->execute();
+ * The node runs them in order. With $throw = false, execute() returns a
+ * MsessionException in place of each failed command's result.
+ */
+final class Pipeline
+{
+    use Commands;
+
+    /** @var list<array{0:int,1:array,2:?callable}> */
+    private array $queued = [];
+
+    public function __construct(private Client $client)
+    {
+    }
+
+    protected function call(int $cmd, array $args, ?callable $convert = null): mixed
+    {
+        $this->queued[] = [$cmd, $args, $convert];
+        return $this;
+    }
+
+    public function execute(bool $throw = true): array
+    {
+        $queued = $this->queued;
+        $this->queued = [];
+        if (!$queued) {
+            return [];
+        }
+        $answers = $this->client->exchange(array_map(fn($q) => [$q[0], $q[1]], $queued));
+        $out = [];
+        foreach ($answers as $i => $answer) {
+            try {
+                $out[] = Client::result($answer, $queued[$i][2]);
+            } catch (MsessionException $e) {
+                if ($throw) {
+                    throw $e;
+                }
+                $out[] = $e;
+            }
+        }
+        return $out;
+    }
+}

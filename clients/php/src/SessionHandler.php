@@ -1,0 +1,414 @@
+<?php
+declare(strict_types=1);
+
+namespace Msession;
+
+/**
+ * PHP session save handler on msession.
+ *
+ *     session_set_save_handler(new Msession\SessionHandler(['mode' => 'lock']), true);
+ *     // session.save_path = "10.0.0.1:8086,10.0.0.2:8086"
+ *
+ * Storage layout (both modes, so they interoperate): one msession session per
+ * PHP session, same id; each top-level $_SESSION key is one session variable
+ * named after the key, holding serialize() of its value. A key removed from
+ * $_SESSION is stored as the empty string, which serialize() never produces:
+ * read() skips such tombstones (the protocol has no command to delete one
+ * variable; DROP deletes the whole session). read() rebuilds the string
+ * that session.serialize_handler expects (php, php_serialize or php_binary)
+ * from these variables. The session's inactivity timeout is set to
+ * session.gc_maxlifetime on every write; the node expires it, gc() does
+ * nothing.
+ *
+ * Both modes write only the keys whose serialized value changed since read()
+ * (and tombstones for removed keys), with SETVAL's map form (atomic), plus
+ * TIMEOUT, in one round trip.
+ *
+ * mode "lock" (default): read() takes the session's lock (SLOCK, waiting on
+ * the node, first come first served, no polling) and reads it in the same
+ * round trip; write()/updateTimestamp()/destroy()/close() release it
+ * (SUNLOCK with the key). The lock has a lease (lock_lease), so a PHP process
+ * killed mid-request blocks its user for at most that long. If a request
+ * outlives its lease, write() does not trust its lock: it re-locks and
+ * compares the session with what it read; if another request changed it
+ * meanwhile, the write is refused with an E_USER_WARNING (and write()
+ * returns false) instead of clobbering that request's changes.
+ *
+ * mode "merge": no lock. Concurrent requests that change different top-level
+ * keys all keep their changes; for the same key the last write wins.
+ *
+ * Options (constructor array; else environment variable; else php.ini/-d
+ * setting; else default):
+ *   mode        MSESSION_MODE        msession.mode        "lock" | "merge" (lock)
+ *   lock_lease  MSESSION_LOCK_LEASE  msession.lock_lease  seconds (max_execution_time if > 0, else 30)
+ *   lock_wait   MSESSION_LOCK_WAIT   msession.lock_wait   seconds (lock_lease + 5, at most 300)
+ *   sid_length  MSESSION_SID_LENGTH  msession.sid_length  characters of new ids (32)
+ *   timeout     MSESSION_TIMEOUT     msession.timeout     seconds per request (10)
+ *   nodes       (none)               (none)               node list; default session.save_path
+ */
+final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \SessionUpdateTimestampHandlerInterface
+{
+    public const TOMBSTONE = '';
+
+    public readonly string $mode;
+    public readonly float $lockLease;
+    public readonly float $lockWait;
+    public readonly int $sidLength;
+    public readonly float $timeout;
+    private ?string $nodes;
+    private ?Client $client = null;
+    /** @var array<string, array{0:int, 1:float}> session id => [lock key, time the SLOCK was sent] */
+    private array $locks = [];
+    /** @var array<string, array<string|int, string>> session id => name => serialized value, as read */
+    private array $seen = [];
+    /** @var array<string, bool> session id => it existed when read */
+    private array $existed = [];
+
+    public function __construct(array $options = [])
+    {
+        $mode = strtolower((string)self::setting($options, 'mode', 'lock'));
+        if ($mode !== 'lock' && $mode !== 'merge') {
+            throw new \InvalidArgumentException("msession: mode must be 'lock' or 'merge', not '$mode'");
+        }
+        $this->mode = $mode;
+        $maxExec = (int)ini_get('max_execution_time');
+        $this->lockLease = (float)self::setting($options, 'lock_lease', $maxExec > 0 ? $maxExec : 30);
+        $this->lockWait = min(300.0, (float)self::setting($options, 'lock_wait', $this->lockLease + 5));
+        $this->sidLength = (int)self::setting($options, 'sid_length', 32);
+        $this->timeout = (float)self::setting($options, 'timeout', 10);
+        $this->nodes = isset($options['nodes']) ? (is_array($options['nodes']) ? implode(',', $options['nodes']) : (string)$options['nodes']) : null;
+        if ($this->lockLease <= 0 || $this->lockWait < 0 || $this->sidLength < 1) {
+            throw new \InvalidArgumentException('msession: lock_lease must be > 0, lock_wait >= 0, sid_length >= 1');
+        }
+    }
+
+    /** $options[$name], else env MSESSION_<NAME>, else ini/-d msession.<name>, else $default. */
+    public static function setting(array $options, string $name, mixed $default): mixed
+    {
+        if (isset($options[$name])) {
+            return $options[$name];
+        }
+        $env = getenv('MSESSION_' . strtoupper($name));
+        if ($env !== false && $env !== '') {
+            return $env;
+        }
+        $cfg = get_cfg_var("msession.$name");
+        if ($cfg !== false && $cfg !== '') {
+            return $cfg;
+        }
+        return $default;
+    }
+
+    public function client(): Client
+    {
+        if ($this->client === null) {
+            $this->client = new Client($this->nodes ?? '127.0.0.1:8086', ['timeout' => $this->timeout]);
+        }
+        return $this->client;
+    }
+
+    public function open(string $path, string $name): bool
+    {
+        $nodes = $this->nodes ?? trim($path);
+        $nodes = $nodes === '' ? '127.0.0.1:8086' : $nodes;
+        if ($this->client === null || $this->client->nodes !== Client::parseNodes($nodes)) {
+            $this->client = new Client($nodes, ['timeout' => $this->timeout]);
+        }
+        return true;
+    }
+
+    public function close(): bool
+    {
+        $ok = true;
+        foreach ($this->locks as $id => [$key]) {
+            try {
+                $this->client()->unlock((string)$id, $key);
+            } catch (MsessionException $e) {
+                $ok = $ok && in_array($e->getErrorName(), ['NOWLOCK', 'LOCKED'], true);
+            }
+        }
+        $this->locks = $this->seen = $this->existed = [];
+        $this->client?->close();
+        return $ok;
+    }
+
+    public function read(string $id): string|false
+    {
+        try {
+            if ($this->mode === 'lock') {
+                $sent = microtime(true);
+                [$key, $vars] = $this->client()->pipeline()
+                    ->lock($id, $this->lockWait, $this->lockLease)
+                    ->getArray($id)
+                    ->execute(false);
+                if ($key instanceof MsessionException) {
+                    throw $key;
+                }
+                $this->locks[$id] = [$key, $sent];
+            } else {
+                [$vars] = $this->client()->pipeline()->getArray($id)->execute(false);
+            }
+        } catch (MsessionException $e) {
+            $why = $e->getErrorName() === 'LOCKED'
+                ? sprintf('another request held the lock for longer than msession.lock_wait (%g s)', $this->lockWait)
+                : $e->getMessage();
+            return $this->fail("cannot read session '$id': $why");
+        }
+        if ($vars instanceof MsessionException) {
+            if ($vars->getErrorName() !== 'NOSESSION') {
+                return $this->fail("cannot read session '$id': " . $vars->getMessage());
+            }
+            $vars = [];
+            $this->existed[$id] = false;
+        } else {
+            $this->existed[$id] = true;
+        }
+        $vars = array_filter($vars, fn($v) => $v !== self::TOMBSTONE);
+        $this->seen[$id] = $vars;
+        return self::encode($vars);
+    }
+
+    public function write(string $id, string $data): bool
+    {
+        $current = $this->currentVars($data);
+        if ($current === null) {
+            return $this->fail('cannot write: session.serialize_handler ' . ini_get('session.serialize_handler') . ' is not supported outside session_write_close()');
+        }
+        try {
+            $lock = $this->locks[$id] ?? null;
+            if ($lock !== null && microtime(true) - $lock[1] >= $this->lockLease - max(0.25, $this->lockLease / 10)) {
+                // The lease may have run out: someone else may have held the lock.
+                if (!$this->relockUnchanged($id)) {
+                    unset($this->locks[$id]);
+                    return $this->fail(sprintf(
+                        "session '%s' was changed by another request after this request's lock lease (%g s) ran out; "
+                        . 'this request\'s session changes were NOT saved (raise msession.lock_lease?)', $id, $this->lockLease));
+                }
+            }
+            return $this->save($id, $this->diff($this->seen[$id] ?? [], $current));
+        } catch (MsessionException $e) {
+            return $this->fail("cannot write session '$id': " . $e->getMessage());
+        }
+    }
+
+    public function updateTimestamp(string $id, string $data): bool
+    {
+        try {
+            return $this->save($id, []);
+        } catch (MsessionException $e) {
+            return $this->fail("cannot update session '$id': " . $e->getMessage());
+        }
+    }
+
+    public function destroy(string $id): bool
+    {
+        $p = $this->client()->pipeline()->destroy($id);
+        if (isset($this->locks[$id])) {
+            $p->unlock($id, $this->locks[$id][0]);
+        }
+        unset($this->locks[$id], $this->seen[$id], $this->existed[$id]);
+        try {
+            $results = $p->execute(false);
+        } catch (MsessionException $e) {
+            return $this->fail("cannot destroy session '$id': " . $e->getMessage());
+        }
+        return $results[0] === true;
+    }
+
+    public function gc(int $max_lifetime): int|false
+    {
+        return 0;  // the node expires sessions itself (their TIMEOUT is session.gc_maxlifetime)
+    }
+
+    /** A fresh id, reserved on the node (UNIQ creates the session), so ids never collide. */
+    public function create_sid(): string
+    {
+        return $this->client()->uniq($this->sidLength);
+    }
+
+    /** For session.use_strict_mode: only ids of existing sessions are accepted. */
+    public function validateId(string $id): bool
+    {
+        try {
+            return $this->client()->ctl($id, 'EXIST') === 1;
+        } catch (MsessionException $e) {
+            if ($e->getErrorName() === 'BADARG') {
+                return false;
+            }
+            $this->fail("cannot validate session id: " . $e->getMessage());
+            return false;
+        }
+    }
+
+    /**
+     * Writes $changes (name => serialized value or TOMBSTONE) and the
+     * timeout, and releases our lock, in one round trip.
+     */
+    private function save(string $id, array $changes): bool
+    {
+        $ttl = max(1, (int)ini_get('session.gc_maxlifetime'));
+        $p = $this->client()->pipeline();
+        $create = $changes && !($this->existed[$id] ?? true);
+        if ($create) {
+            $p->create($id);  // DUPSESSION when a concurrent request created it: fine
+        }
+        if ($changes) {
+            $p->setArray($id, $changes);
+        }
+        $p->timeout($id, $ttl);
+        $lock = $this->locks[$id] ?? null;
+        if ($lock !== null) {
+            $p->unlock($id, $lock[0]);
+        }
+        unset($this->locks[$id]);
+        $results = $p->execute(false);
+        if ($create) {
+            array_shift($results);
+        }
+        $lost = $lock !== null ? array_pop($results) : null;
+        if ($lost instanceof MsessionException) {
+            // Cannot happen while the lease runs (write() checks it first); say so if it does.
+            trigger_error("msession: session '$id': the lock was lost while writing ({$lost->getMessage()})", E_USER_WARNING);
+        }
+        $this->seen[$id] ??= [];
+        foreach ($changes as $k => $v) {
+            if ($v === self::TOMBSTONE) {
+                unset($this->seen[$id][$k]);
+            } else {
+                $this->seen[$id][$k] = $v;
+            }
+        }
+        foreach ($results as $r) {
+            if ($r instanceof MsessionException && $r->getErrorName() === 'NOSESSION') {
+                // Expired (or destroyed) since read: create it again with all our variables.
+                $full = array_filter($this->currentVars('') ?? $this->seen[$id], fn($v) => $v !== self::TOMBSTONE);
+                $p = $this->client()->pipeline()->setData($id, '');
+                if ($full) {
+                    $p->setArray($id, $full);
+                }
+                $p->timeout($id, $ttl)->execute();
+                $this->seen[$id] = $full;
+                break;
+            }
+            if ($r instanceof MsessionException) {
+                throw $r;
+            }
+        }
+        $this->existed[$id] = true;
+        return true;
+    }
+
+    /**
+     * Our lease may have run out: SUNLOCK (fails if it did), lock again, and
+     * read the session. True (and we hold the lock) if nobody changed it since
+     * our read; false (lock released) otherwise.
+     */
+    private function relockUnchanged(string $id): bool
+    {
+        [$key] = $this->locks[$id];
+        $sent = microtime(true);
+        [, $newKey, $now] = $this->client()->pipeline()
+            ->unlock($id, $key)
+            ->lock($id, $this->lockWait, $this->lockLease)
+            ->getArray($id)
+            ->execute(false);
+        if ($newKey instanceof MsessionException) {
+            throw $newKey;
+        }
+        $this->locks[$id] = [$newKey, $sent];
+        if ($now instanceof MsessionException) {
+            if ($now->getErrorName() !== 'NOSESSION') {
+                throw $now;
+            }
+            $now = [];
+        }
+        $now = array_filter($now, fn($v) => $v !== self::TOMBSTONE);
+        if (self::sameVars($now, $this->seen[$id] ?? [])) {
+            return true;
+        }
+        try {
+            $this->client()->unlock($id, $newKey);
+        } finally {
+            unset($this->locks[$id]);
+        }
+        return false;
+    }
+
+    private static function sameVars(array $a, array $b): bool
+    {
+        if (count($a) !== count($b)) {
+            return false;
+        }
+        foreach ($a as $k => $v) {
+            if (!array_key_exists($k, $b) || $b[$k] !== $v) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /** name => serialized value (or TOMBSTONE) for every key that differs from $before. */
+    private function diff(array $before, array $current): array
+    {
+        $changes = [];
+        foreach ($current as $k => $v) {
+            if (!array_key_exists($k, $before) || $before[$k] !== $v) {
+                $changes[$k] = $v;
+            }
+        }
+        foreach ($before as $k => $_) {
+            if (!array_key_exists($k, $current)) {
+                $changes[$k] = self::TOMBSTONE;
+            }
+        }
+        return $changes;
+    }
+
+    /**
+     * The session's top-level keys, each serialized: from $_SESSION while PHP
+     * writes the session (it encoded $data from it), else decoded from $data
+     * (php_serialize only). Null if that is not possible.
+     */
+    private function currentVars(string $data): ?array
+    {
+        if (session_status() === PHP_SESSION_ACTIVE && isset($_SESSION) && is_array($_SESSION)) {
+            $vars = $_SESSION;
+        } elseif (ini_get('session.serialize_handler') === 'php_serialize' || $data === '') {
+            $vars = $data === '' ? [] : @unserialize($data);
+            if (!is_array($vars)) {
+                return null;
+            }
+        } else {
+            return null;
+        }
+        $out = [];
+        foreach ($vars as $k => $v) {
+            $out[$k] = serialize($v);
+        }
+        return $out;
+    }
+
+    /** The string session.serialize_handler decodes into name => unserialize(value). */
+    public static function encode(array $vars): string
+    {
+        $handler = ini_get('session.serialize_handler');
+        $out = '';
+        if ($handler === 'php_serialize') {
+            foreach ($vars as $k => $v) {
+                $out .= serialize($k) . $v;
+            }
+            return 'a:' . count($vars) . ':{' . $out . '}';
+        }
+        foreach ($vars as $k => $v) {
+            $k = (string)$k;
+            $out .= $handler === 'php_binary' ? chr(strlen($k)) . $k . $v : "$k|$v";
+        }
+        return $out;
+    }
+
+    private function fail(string $message): false
+    {
+        trigger_error("msession: $message", E_USER_WARNING);
+        return false;
+    }
+}
