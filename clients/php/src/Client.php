@@ -97,7 +97,7 @@ final class Client
         if ($host === '') {
             throw new \InvalidArgumentException("msession: no host in node address '$spec'");
         }
-        if ($port !== '' && !ctype_digit($port)) {
+        if ($port !== '' && !preg_match('/^[0-9]+$/', $port)) {
             throw new \InvalidArgumentException("msession: bad port in node address '$spec'");
         }
         return [$host, $port === '' ? $defaultPort : (int)$port];

@@ -1,0 +1,179 @@
+<?php
+declare(strict_types=1);
+
+use Msession\Client;
+use Msession\MsessionException;
+use PHPUnit\Framework\TestCase;
+
+final class ClientTest extends TestCase
+{
+    private Client $c;
+
+    protected function setUp(): void
+    {
+        $this->c = new Client(msession_test_nodes());
+    }
+
+    private function expectMsessionError(string $name, callable $fn): MsessionException
+    {
+        try {
+            $fn();
+        } catch (MsessionException $e) {
+            $this->assertSame($name, $e->getErrorName(), $e->getMessage());
+            $this->assertSame(array_search($name, MsessionException::NAMES, true), $e->getCode());
+            return $e;
+        }
+        $this->fail("expected $name");
+    }
+
+    public function testParsesNodeLists(): void
+    {
+        $this->assertSame([['10.0.0.1', 8086], ['h', 9000], ['::1', 8087]], Client::parseNodes('10.0.0.1, h:9000,[::1]:8087'));
+        $this->assertSame([['h', 1]], Client::parseNodes(['tcp://h:1']));
+        $this->expectException(InvalidArgumentException::class);
+        Client::parseNodes(' , ');
+    }
+
+    public function testFailsOverToTheNextNode(): void
+    {
+        $c = new Client('127.0.0.1:' . msession_dead_port() . ',' . msession_test_nodes());
+        $this->assertTrue($c->ping());
+        $this->assertSame(explode(',', msession_test_nodes())[0], $c->node());
+        $this->assertSame(1, $c->serverInfo['version']);
+    }
+
+    public function testNoNodeAnswersIsNoconnect(): void
+    {
+        $c = new Client(['127.0.0.1:' . msession_dead_port(), '127.0.0.1:' . msession_dead_port()]);
+        $e = $this->expectMsessionError('NOCONNECT', fn() => $c->ping());
+        $this->assertStringContainsString('no node answered', $e->getMessage());
+    }
+
+    public function testASilentNodeTimesOutAndTheNextOneServes(): void
+    {
+        $silent = stream_socket_server('tcp://127.0.0.1:0');  // accepts (backlog), never answers
+        $addr = stream_socket_get_name($silent, false);
+        $c = new Client("$addr," . msession_test_nodes(), ['connect_timeout' => 0.3]);
+        $t = microtime(true);
+        $this->assertTrue($c->ping());
+        $this->assertLessThan(3.0, microtime(true) - $t);
+        $alone = new Client($addr, ['connect_timeout' => 0.2]);
+        $this->expectMsessionError('NOCONNECT', fn() => $alone->ping());
+        fclose($silent);
+    }
+
+    public function testErrorsCarryTheProtocolNames(): void
+    {
+        $s = msession_test_id();
+        $this->expectMsessionError('NOSESSION', fn() => $this->c->getArray($s));
+        $this->assertTrue($this->c->create($s));
+        $this->expectMsessionError('DUPSESSION', fn() => $this->c->create($s));
+        $this->c->set($s, 'text', 'abc');
+        $this->expectMsessionError('NOVALUE', fn() => $this->c->inc($s, 'text'));
+        $this->expectMsessionError('NOWLOCK', fn() => $this->c->unlock($s, 12345));
+        $key = $this->c->lock($s, 0, 5);
+        $this->expectMsessionError('LOCKED', fn() => $this->c->lock($s, 0.05));
+        $this->expectMsessionError('LOCKED', fn() => $this->c->unlock($s, $key + 1));
+        $this->assertSame($key, $this->c->unlock($s, $key));
+        $this->expectMsessionError('BADARG', fn() => $this->c->uniq(0));
+        $this->expectMsessionError('NOFN', fn() => $this->c->callFunction('no_such_function'));
+        $this->c->destroy($s);
+    }
+
+    public function testCommandsAndBinarySafety(): void
+    {
+        $s = msession_test_id();
+        $this->c->create($s, 'cls', 'data');
+        $bytes = "a\0b\xff\xfe" . str_repeat('x', 70000);
+        $this->assertTrue($this->c->set($s, "name\0", $bytes));
+        $this->assertSame($bytes, $this->c->get($s, "name\0"));
+        $this->assertSame('dflt', $this->c->get($s, 'absent', 'dflt'));
+        $this->assertNull($this->c->get($s, 'absent'));
+        $this->assertSame('data', $this->c->getData($s));
+        // keys "0" and "1" are ints in PHP arrays: still a map on the wire
+        $this->assertNull($this->c->setArray($s, ['0' => 'zero', '1' => 'one', 'k' => '5']));
+        $all = $this->c->getArray($s);
+        $this->assertSame(['zero', 'one', '5'], [$all[0], $all[1], $all['k']]);
+        $this->assertSame(6, $this->c->inc($s, 'k'));
+        $this->assertSame(-4, $this->c->inc($s, 'k', -10));
+        $this->assertContains($s, $this->c->find('k', '-4'));
+        $this->assertSame('-4', $this->c->listVar('k')[$s]);
+        $this->assertContains($s, $this->c->list());
+        $this->assertSame(77, $this->c->timeout($s, 77));
+        $this->assertSame(1, $this->c->ctl($s));
+        $this->assertLessThanOrEqual(77, $this->c->ctl($s, 'ttl'));
+        $this->assertEqualsWithDelta(time(), $this->c->ctl($s, 6), 5);
+        $this->assertGreaterThan(0, $this->c->count());
+        $this->assertSame(17, strlen($this->c->randstr(17)));
+        $this->assertIsArray($this->c->info());
+        $this->assertTrue($this->c->destroy($s));
+        $this->assertSame(0, $this->c->ctl($s, 'EXIST'));
+    }
+
+    public function testPipelineAnswersInOrderAndReportsErrorsInPlace(): void
+    {
+        $s = msession_test_id();
+        $p = $this->c->pipeline();
+        $r = $p->create($s)->inc($s, 'n')->inc($s, 'n')->getArray($s)->getArray(msession_test_id())->execute(false);
+        $this->assertSame([true, 1, 2, ['n' => '2']], array_slice($r, 0, 4));
+        $this->assertInstanceOf(MsessionException::class, $r[4]);
+        $this->assertSame('NOSESSION', $r[4]->getErrorName());
+        $this->assertSame([], $this->c->pipeline()->execute());
+        $this->c->destroy($s);
+    }
+
+    public function testALargePipelineIsSentWhileAnswersAreRead(): void
+    {
+        $s = msession_test_id();
+        $this->c->create($s);
+        $p = $this->c->pipeline();
+        $value = str_repeat('v', 2000);
+        for ($i = 0; $i < 4000; $i++) {
+            $p->set($s, "k$i", $value);
+        }
+        $this->assertCount(4000, $p->execute());
+        $this->assertCount(4000, $this->c->getArray($s));
+        $this->c->destroy($s);
+    }
+
+    public function testOnlyIdempotentRequestsAreReplayedOnAnotherNode(): void
+    {
+        $portFile = tempnam(sys_get_temp_dir(), 'fake');
+        unlink($portFile);
+        $proc = proc_open([PHP_BINARY, __DIR__ . '/fake_node.php', $portFile, '4'], [], $pipes);
+        try {
+            $deadline = microtime(true) + 10;
+            while (!is_file($portFile) || filesize($portFile) === 0) {
+                $this->assertLessThan($deadline, microtime(true), 'fake node did not start');
+                usleep(10000);
+            }
+            $fake = '127.0.0.1:' . file_get_contents($portFile);
+            $s = msession_test_id();
+            $real = $this->c;
+            $real->create($s);
+            // INC may have run on the node that failed: never sent again
+            $c = new Client("$fake," . msession_test_nodes());
+            $e = $this->expectMsessionError('BADCONN', fn() => $c->inc($s, 'n'));
+            $this->assertStringContainsString('may have been applied', $e->getMessage());
+            $this->assertNull($real->get($s, 'n'));
+            // a read is sent again to the next node
+            $real->set($s, 'v', 'x');
+            $c2 = new Client("$fake," . msession_test_nodes());
+            $this->assertSame('x', $c2->get($s, 'v'));
+            $real->destroy($s);
+        } finally {
+            proc_terminate($proc, 9);
+            proc_close($proc);
+            @unlink($portFile);
+        }
+    }
+
+    public function testRequestTooLargeIsRefusedBeforeSending(): void
+    {
+        $s = msession_test_id();
+        $this->c->ping();
+        $max = $this->c->serverInfo['max_frame'];
+        $this->expectMsessionError('BADLEN', fn() => $this->c->set($s, 'big', str_repeat('x', $max + 1)));
+        $this->assertTrue($this->c->ping());  // the connection is still fine
+    }
+}
