@@ -36,6 +36,12 @@ class Config:
     max_frame: int = DEFAULT_MAX_FRAME
     idle_timeout: float = 600.0  # a connection with no request for this long is closed
     frame_timeout: float = 10.0  # a frame started must complete within this
+    # Cluster (see docs/cluster.md). gossip_port -1 runs a standalone node.
+    name: str = ""  # unique member name; default "<hostname>-<advertised address>:<port>"
+    gossip_port: int = 7946  # UDP probes/gossip and TCP full-state sync; 0 picks a free port
+    seeds: list[str] = field(default_factory=list)  # other members' gossip addresses, host:port
+    advertise: str = ""  # the address members reach this node at; default: bind (or this host's address if bind is a wildcard)
+    forward_timeout: float = 5.0  # seconds a forwarded request may take (waiting locks excepted)
     # Plugins
     plugins: list[str] = field(default_factory=list)
     plugin_options: dict[str, dict] = field(default_factory=dict)
@@ -52,6 +58,18 @@ class Config:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, not {self.port}")
+        if not -1 <= self.gossip_port <= 65535:
+            raise ConfigError(f"gossip_port must be 0..65535 (or -1 for a standalone node), not {self.gossip_port}")
+        if self.gossip_port > 0 and self.gossip_port == self.port:
+            raise ConfigError(f"gossip_port and port are both {self.port}: give each its own port")
+        if self.forward_timeout <= 0:
+            raise ConfigError("forward_timeout must be positive")
+        if len(self.name) > 128 or any(c.isspace() for c in self.name):
+            raise ConfigError(f"name must be at most 128 characters without spaces, not {self.name!r}")
+        for seed in self.seeds:
+            host, sep, port = seed.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                raise ConfigError(f"seed {seed!r} must be host:port (a member's gossip address)")
         if self.lock_wait < 0 or self.max_lock_wait < 0:
             raise ConfigError("lock_wait and max_lock_wait must not be negative")
         for value, limit in (

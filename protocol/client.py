@@ -124,6 +124,17 @@ def _map(v):
     return {_s(k): val for k, val in v.items()}
 
 
+def _jsonish(v):
+    """Status maps: names and strings as str, recursively."""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, list):
+        return [_jsonish(x) for x in v]
+    if isinstance(v, dict):
+        return {_jsonish(k): _jsonish(x) for k, x in v.items()}
+    return v
+
+
 def _true(v):
     return True
 
@@ -143,6 +154,10 @@ class _Commands:
     def info(self):
         """The node's counters: sessions, connections, commands, errors, ..."""
         return self._call(Cmd.INFO, [], _map)
+
+    def status(self):
+        """The farm as the asked node sees it: members, their states and the ring."""
+        return self._call(Cmd.STATUS, [], _jsonish)
 
     def create(self, session, classname=None, data=None):
         args = [_b(session)]

@@ -48,6 +48,11 @@ class Cmd(enum.IntEnum):
     PING = 1026
     HELLO = 1100
     INFO = 1101
+    STATUS = 1102  # the cluster as the asked node sees it
+    # Between members of a farm (see docs/cluster.md); clients never send these.
+    FWD = 1200  # [hops, cmd, args]: run a request forwarded by another member
+    HANDOFF = 1201  # [[session state, ...], [partition, ...]]: sessions moving to their new owner
+    TAKE = 1202  # [sid]: the new owner asks the previous one for a session it still holds
 
 
 class Err(enum.IntEnum):
@@ -71,6 +76,7 @@ class Err(enum.IntEnum):
     BADARG = 16
     BUSY = 17
     TIMEOUT = 18
+    UNAVAILABLE = 19  # the member owning the session could not be reached (retry)
 
 
 class Ctl(enum.IntEnum):
