@@ -1,0 +1,1 @@
+"""msession clustering: sans-I/O membership (SWIM + Lifeguard) and the hash ring."""
