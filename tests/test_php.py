@@ -1,0 +1,248 @@
+"""PHP: the PHPUnit suite (client, msession_* functions, save handler) against a
+real node, and the web-farm test: two ``php -S`` web servers sharing sessions
+through msession, driven by virtual users.
+
+The msession nodes come from the ``msession_nodes`` fixture: the ``farm``
+fixture of conftest.py when there is one, else one real node. Each web server
+is given every node, starting from a different one (web server i talks to
+node i first), so with a farm the two web servers use different nodes.
+
+PHP must be installed (``bash deploy/install.sh --test`` as root installs
+php-cli, php-msgpack and phpunit): without it these tests fail, they do not skip.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import pytest
+
+from procs import ROOT, NodeProcess
+
+PHP_DIR = ROOT / "clients" / "php"
+FARM_APP = PHP_DIR / "tests" / "farm"
+INSTALL_HINT = "run `bash deploy/install.sh --test` as root (Debian packages php-cli php-msgpack phpunit)"
+
+
+def _need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.fail(f"{binary} is not installed: {INSTALL_HINT}", pytrace=False)
+    return path
+
+
+def _need_php() -> str:
+    php = _need("php")
+    mods = subprocess.run([php, "-m"], capture_output=True, text=True, timeout=30).stdout.lower().split()
+    if "msgpack" not in mods:
+        pytest.fail(f"the PHP extension msgpack is missing: {INSTALL_HINT}", pytrace=False)
+    return php
+
+
+@pytest.fixture
+def msession_nodes(request) -> list[str]:
+    """Addresses ("host:port") of the msession nodes behind the web farm: the
+    ``farm`` fixture's when conftest.py has one, else one real node."""
+    try:
+        farm = request.getfixturevalue("farm")
+    except pytest.FixtureLookupError:
+        node = NodeProcess()
+        try:
+            yield [node.address]
+        finally:
+            node.stop()
+        return
+    nodes = getattr(farm, "addresses", farm)
+    yield [n if isinstance(n, str) else n.address for n in nodes]
+
+
+# -- PHPUnit ------------------------------------------------------------------------
+
+
+def test_phpunit_suite():
+    """Client, every msession_* function and the save handler, against a real node."""
+    _need_php()
+    phpunit = _need("phpunit")
+    node = NodeProcess("--plugin", "stats")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
+        env["MSESSION_TEST_NODES"] = node.address
+        proc = subprocess.run(
+            [phpunit, "-c", str(PHP_DIR / "phpunit.xml")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        node.stop()
+    assert proc.returncode == 0, f"PHPUnit failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    assert "OK (" in proc.stdout, proc.stdout
+
+
+# -- the web farm -------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PhpServer:
+    """``php -S`` with several workers, in its own process group (the workers
+    are forked by the first process: stopping kills the whole group)."""
+
+    def __init__(self, save_path: str, mode: str, workers: int = 4, extra_ini: dict | None = None):
+        php = _need_php()
+        self.port = _free_port()
+        ini = {
+            "auto_prepend_file": str(PHP_DIR / "session.php"),
+            "session.save_path": save_path,
+            "session.use_strict_mode": "1",
+            "msession.mode": mode,
+            "display_errors": "stderr",
+            "log_errors": "0",
+            **(extra_ini or {}),
+        }
+        cmd = [php]
+        for k, v in ini.items():
+            cmd += ["-d", f"{k}={v}"]
+        cmd += ["-S", f"127.0.0.1:{self.port}", "-t", str(FARM_APP)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
+        env["PHP_CLI_SERVER_WORKERS"] = str(workers)
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.log = b""
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"php -S did not start: {self.log.decode(errors='replace')}")
+                time.sleep(0.05)
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            if b"Accepted" not in line and b"Closing" not in line and b"[200]:" not in line:
+                self.log += line
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(5)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # any worker left behind
+        except ProcessLookupError:
+            pass
+        self._reader.join(5)
+
+
+@contextmanager
+def web_farm(nodes: list[str], mode: str, **kw):
+    """Two web servers; server i lists the nodes starting from node i."""
+    servers: list[PhpServer] = []
+    try:
+        for i in range(2):
+            order = nodes[i % len(nodes):] + nodes[: i % len(nodes)]
+            servers.append(PhpServer(",".join(order), mode, **kw))
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def get(server: PhpServer, sid: str | None, **params) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        headers = {"Cookie": f"PHPSESSID={sid}"} if sid else {}
+        conn.request("GET", f"/counter.php?{query}", headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == 200, f"HTTP {resp.status}: {body!r}\n{server.log.decode(errors='replace')}"
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise AssertionError(f"not JSON: {body!r}\n{server.log.decode(errors='replace')}") from None
+    finally:
+        conn.close()
+
+
+def _user_sequential(servers, requests: int) -> list[int]:
+    """One virtual user: requests alternate between the web servers."""
+    first = get(servers[0], None)
+    sid, values = first["sid"], [first["value"]]
+    for i in range(1, requests):
+        answer = get(servers[i % 2], sid)
+        assert answer["sid"] == sid, "the session changed"
+        values.append(answer["value"])
+    return values
+
+
+@pytest.mark.parametrize("mode", ["lock", "merge"])
+def test_farm_every_answer_is_the_previous_plus_one(msession_nodes, mode):
+    users, requests = 8, 15
+    with web_farm(msession_nodes, mode) as servers, ThreadPoolExecutor(users) as pool:
+        results = list(pool.map(lambda _: _user_sequential(servers, requests), range(users)))
+        log = b"".join(s.log for s in servers).decode(errors="replace")
+    for values in results:
+        assert values == list(range(1, requests + 1)), f"lost or duplicated update: {values}\n{log}"
+    assert "Warning" not in log and "Fatal" not in log, log
+
+
+def test_farm_lock_mode_concurrent_requests_of_one_user_lose_nothing(msession_nodes):
+    users, rounds, burst = 3, 4, 4
+    with web_farm(msession_nodes, "lock") as servers, ThreadPoolExecutor(users * burst) as pool:
+        sids = [get(servers[0], None, key="n")["sid"] for _ in range(users)]  # n = 1 each
+
+        def ajax(sid: str, i: int) -> int:
+            return get(servers[i % 2], sid, key="n", sleep=20)["value"]
+
+        answers: dict[str, list[int]] = {sid: [1] for sid in sids}
+        for _ in range(rounds):
+            futures = [(sid, pool.submit(ajax, sid, i)) for sid in sids for i in range(burst)]
+            for sid, f in futures:
+                answers[sid].append(f.result(timeout=60))
+        log = b"".join(s.log for s in servers).decode(errors="replace")
+    total = 1 + rounds * burst
+    for sid, values in answers.items():
+        assert sorted(values) == list(range(1, total + 1)), f"{sid}: {sorted(values)}\n{log}"
+    assert "Warning" not in log and "Fatal" not in log, log
+
+
+def test_farm_merge_mode_concurrent_requests_to_different_keys_lose_nothing(msession_nodes):
+    users, rounds, keys = 3, 4, ["a", "b", "c", "d"]
+    with web_farm(msession_nodes, "merge") as servers, ThreadPoolExecutor(users * len(keys)) as pool:
+        sids = [get(servers[0], None, key="start")["sid"] for _ in range(users)]
+
+        def ajax(sid: str, i: int, key: str) -> int:
+            return get(servers[i % 2], sid, key=key, sleep=20)["value"]
+
+        for r in range(rounds):
+            futures = {(sid, k): pool.submit(ajax, sid, i + r, k) for sid in sids for i, k in enumerate(keys)}
+            for (sid, k), f in futures.items():
+                assert f.result(timeout=60) == r + 1, f"{sid} {k}: lost an update in round {r}"
+        final = [get(servers[1], sid, key="start")["value"] for sid in sids]  # start: 1 -> 2
+        log = b"".join(s.log for s in servers).decode(errors="replace")
+    assert final == [2] * users
+    assert "Warning" not in log and "Fatal" not in log, log
