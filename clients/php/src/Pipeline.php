@@ -26,6 +26,12 @@ final class Pipeline
         return $this;
     }
 
+    /** How many commands are queued. */
+    public function queued(): int
+    {
+        return count($this->queued);
+    }
+
     public function execute(bool $throw = true): array
     {
         $queued = $this->queued;

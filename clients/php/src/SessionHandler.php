@@ -17,12 +17,13 @@ namespace Msession;
  * variable; DROP deletes the whole session). read() rebuilds the string
  * that session.serialize_handler expects (php, php_serialize or php_binary)
  * from these variables. The session's inactivity timeout is set to
- * session.gc_maxlifetime on every write; the node expires it, gc() does
+ * session.gc_maxlifetime by every read() (and by the write that creates a
+ * session); every command restarts it; the node expires sessions, gc() does
  * nothing.
  *
- * Both modes write only the keys whose serialized value changed since read()
- * (and tombstones for removed keys), with SETVAL's map form (atomic), plus
- * TIMEOUT, in one round trip.
+ * Round trips: read() is one (lock mode: SLOCK + TIMEOUT + GETALL pipelined),
+ * write() one: only the keys whose serialized value changed since read() (and
+ * tombstones for removed keys), with SETVAL's map form (atomic), plus SUNLOCK.
  *
  * mode "lock" (default): read() takes the session's lock (SLOCK, waiting on
  * the node, first come first served, no polling) and reads it in the same
@@ -137,8 +138,9 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         try {
             if ($this->mode === 'lock') {
                 $sent = microtime(true);
-                [$key, $vars] = $this->client()->pipeline()
+                [$key, , $vars] = $this->client()->pipeline()
                     ->lock($id, $this->lockWait, $this->lockLease)
+                    ->timeout($id, self::ttl())
                     ->getArray($id)
                     ->execute(false);
                 if ($key instanceof MsessionException) {
@@ -146,7 +148,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
                 }
                 $this->locks[$id] = [$key, $sent];
             } else {
-                [$vars] = $this->client()->pipeline()->getArray($id)->execute(false);
+                [, $vars] = $this->client()->pipeline()->timeout($id, self::ttl())->getArray($id)->execute(false);
             }
         } catch (MsessionException $e) {
             $why = $e->getErrorName() === 'LOCKED'
@@ -246,7 +248,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
      */
     private function save(string $id, array $changes): bool
     {
-        $ttl = max(1, (int)ini_get('session.gc_maxlifetime'));
+        $ttl = self::ttl();
         $p = $this->client()->pipeline();
         $create = $changes && !($this->existed[$id] ?? true);
         if ($create) {
@@ -255,7 +257,9 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         if ($changes) {
             $p->setArray($id, $changes);
         }
-        $p->timeout($id, $ttl);
+        if ($create || !$p->queued()) {
+            $p->timeout($id, $ttl);  // read() set it on an existing session; a new one gets it here
+        }
         $lock = $this->locks[$id] ?? null;
         if ($lock !== null) {
             $p->unlock($id, $lock[0]);
@@ -404,6 +408,12 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
             $out .= $handler === 'php_binary' ? chr(strlen($k)) . $k . $v : "$k|$v";
         }
         return $out;
+    }
+
+    /** The sessions' inactivity timeout: session.gc_maxlifetime. */
+    private static function ttl(): int
+    {
+        return max(1, (int)ini_get('session.gc_maxlifetime'));
     }
 
     private function fail(string $message): false
