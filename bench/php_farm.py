@@ -1,0 +1,271 @@
+"""PHP session handlers on a web farm: msession vs phpredis vs php-memcached.
+
+    .venv/bin/python -m bench.php_farm [--seconds 10] [--runs 3]
+
+For each handler, in the same run: its server on a free loopback port (an
+msession node, redis-server, memcached), two ``php -S`` web servers
+(PHP_CLI_SERVER_WORKERS=4 each) sharing sessions through it, and the page
+bench/php/counter.php, which increments a session counter. Two phases:
+
+- sequential: 20 virtual users, each sending one request at a time,
+  alternating between the two web servers; every answer must be the previous
+  plus one;
+- burst: 5 users, each sending 4 concurrent requests (AJAX-style), alternating
+  web servers, then the next 4; the 4 answers must be exactly previous+1 ..
+  previous+4.
+
+Per handler and phase: requests/s, p50 and p99 latency, errors (non-200 or
+failed requests) and consistency violations (answers that are not what a
+lost-nothing session gives: each missing or duplicated increment counts one).
+Handlers: msession's handler (lock mode, clients/php/session.php); phpredis
+(``session.save_handler=redis``, ``redis.session.locking_enabled=1``, other
+settings shipped defaults); php-memcached (``session.save_handler=memcached``,
+shipped defaults: locking on). All with session.use_strict_mode=1.
+
+With ``--runs N`` the handlers are measured N times, interleaved, and the
+table shows the median of each figure. Every server is ours: loopback only,
+stopped by PID (php -S by process group, since it forks its workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .servers import BenchError, MsessionServer, RedisServer, _Child, _die_with_parent, find_redis, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = Path(__file__).resolve().parent / "php"
+HANDLERS = ("msession", "phpredis", "memcached")
+SEQ_USERS, BURST_USERS, BURST = 20, 5, 4
+
+
+class MemcachedServer(_Child):
+    name = "memcached"
+
+    def start(self, timeout: float = 10.0) -> "MemcachedServer":
+        binary = shutil.which("memcached")
+        if binary is None:
+            raise BenchError("memcached is not installed: run `bash deploy/install.sh --test` as root")
+        self.port = free_port()
+        cmd = [binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-m", "64"]
+        if os.geteuid() == 0:
+            cmd += ["-u", "root"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.logfile, stderr=subprocess.STDOUT,
+                                     preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        log = self.log()
+        self.stop()
+        raise BenchError(f"memcached did not start:\n{log}")
+
+
+class PhpServer:
+    """``php -S`` with workers, in its own process group (stopped as a group)."""
+
+    def __init__(self, ini: dict, workers: int = 4):
+        php = shutil.which("php")
+        if php is None:
+            raise BenchError("php is not installed: run `bash deploy/install.sh --test` as root")
+        self.port = free_port()
+        cmd = [php]
+        for k, v in ini.items():
+            cmd += ["-d", f"{k}={v}"]
+        cmd += ["-S", f"127.0.0.1:{self.port}", "-t", str(APP)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
+        env["PHP_CLI_SERVER_WORKERS"] = str(workers)
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise BenchError(f"php -S did not start: {' '.join(cmd)}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def handler_ini(handler: str, backend) -> dict:
+    ini = {"session.use_strict_mode": "1", "display_errors": "0", "log_errors": "0",
+           "opcache.enable_cli": "1"}  # as any production PHP has opcache on
+    addr = f"127.0.0.1:{backend.port}"
+    if handler == "msession":
+        ini.update({"auto_prepend_file": str(ROOT / "clients/php/session.php"), "session.save_path": addr,
+                    "msession.mode": "lock"})
+    elif handler == "phpredis":
+        ini.update({"session.save_handler": "redis", "session.save_path": f"tcp://{addr}",
+                    "redis.session.locking_enabled": "1"})
+    else:
+        ini.update({"session.save_handler": "memcached", "session.save_path": addr})
+    return ini
+
+
+def request(port: int, sid: str | None) -> tuple[int | None, str | None, float]:
+    """One GET of the counter page: (value or None on error, sid, seconds)."""
+    t = time.perf_counter()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            cookie = f"Cookie: PHPSESSID={sid}\r\n" if sid else ""
+            s.sendall(f"GET /counter.php HTTP/1.0\r\nHost: 127.0.0.1\r\n{cookie}\r\n".encode())
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+            return None, sid, time.perf_counter() - t
+        answer = json.loads(body)
+        return int(answer["value"]), answer["sid"], time.perf_counter() - t
+    except (OSError, ValueError, KeyError):
+        return None, sid, time.perf_counter() - t
+
+
+class Tally:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.violations = 0
+
+    def add(self, seconds: float, error: bool = False, violations: int = 0) -> None:
+        with self.lock:
+            self.latencies.append(seconds)
+            self.errors += error
+            self.violations += violations
+
+
+def sequential_user(ports, seconds: float, tally: Tally) -> None:
+    sid, prev, i = None, 0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value, new_sid, dt = request(ports[i % 2], sid)
+        i += 1
+        if value is None:
+            tally.add(dt, error=True)
+            continue
+        if sid is None:
+            sid = new_sid
+        tally.add(dt, violations=0 if value == prev + 1 else 1)
+        prev = value
+
+
+def burst_user(ports, seconds: float, tally: Tally, pool: ThreadPoolExecutor) -> None:
+    value, sid, dt = request(ports[0], None)
+    tally.add(dt, error=value is None)
+    prev, i = value or 0, 1
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        futures = [pool.submit(request, ports[(i + k) % 2], sid) for k in range(BURST)]
+        i += 1
+        answers = [f.result() for f in futures]
+        values = [v for v, _, _ in answers if v is not None]
+        for v, _, dt in answers:
+            tally.add(dt, error=v is None)
+        expected = set(range(prev + 1, prev + len(values) + 1))
+        tally.add(0.0, violations=len(values) - len(expected & set(values)))
+        tally.latencies.pop()  # the bookkeeping entry above is not a request
+        prev = max(values, default=prev)
+
+
+def phase(ports, kind: str, seconds: float) -> dict:
+    tally = Tally()
+    t = time.monotonic()
+    if kind == "sequential":
+        with ThreadPoolExecutor(SEQ_USERS) as users:
+            list(users.map(lambda _: sequential_user(ports, seconds, tally), range(SEQ_USERS)))
+    else:
+        with ThreadPoolExecutor(BURST_USERS) as users, ThreadPoolExecutor(BURST_USERS * BURST) as pool:
+            list(users.map(lambda _: burst_user(ports, seconds, tally, pool), range(BURST_USERS)))
+    elapsed = time.monotonic() - t
+    lat = sorted(tally.latencies)
+    pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")  # noqa: E731
+    return {"req_s": len(lat) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+            "errors": tally.errors, "violations": tally.violations, "requests": len(lat)}
+
+
+def measure(handler: str, seconds: float) -> dict:
+    backend = {"msession": lambda: MsessionServer().start(), "phpredis": lambda: RedisServer(find_redis()).start(),
+               "memcached": lambda: MemcachedServer().start()}[handler]()
+    webs: list[PhpServer] = []
+    try:
+        ini = handler_ini(handler, backend)
+        webs = [PhpServer(ini), PhpServer(ini)]
+        ports = [w.port for w in webs]
+        for _ in range(50):  # warm up: workers, connections, opcode caches
+            request(ports[0], None)
+        cpu0 = backend.cpu_seconds()
+        out = {kind: phase(ports, kind, seconds) for kind in ("sequential", "burst")}
+        out["backend_cpu_s"] = backend.cpu_seconds() - cpu0
+        return out
+    finally:
+        for w in webs:
+            w.stop()
+        backend.stop()
+
+
+def table(results: dict) -> str:
+    lines = ["| handler | phase | req/s | p50 ms | p99 ms | errors | violations |",
+             "|---|---|--:|--:|--:|--:|--:|"]
+    for handler in HANDLERS:
+        for kind in ("sequential", "burst"):
+            runs = [r[handler][kind] for r in results["runs"]]
+            med = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+            lines.append(f"| {handler} | {kind} | {med['req_s']:,.0f} | {med['p50_ms']:.1f} | {med['p99_ms']:.1f} "
+                         f"| {med['errors']:g} | {med['violations']:g} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=10.0, help="seconds per phase (10)")
+    ap.add_argument("--runs", type=int, default=3, help="runs, handlers interleaved; the table shows medians (3)")
+    ap.add_argument("--json", help="write every run's figures to this file")
+    ns = ap.parse_args(argv)
+    results = {"seconds": ns.seconds, "runs": []}
+    try:
+        for run in range(ns.runs):
+            figures = {}
+            for handler in HANDLERS:
+                figures[handler] = measure(handler, ns.seconds)
+                print(f"run {run + 1} {handler}: " + json.dumps(figures[handler]), file=sys.stderr)
+            results["runs"].append(figures)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(results, indent=1))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
