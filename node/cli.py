@@ -1,12 +1,16 @@
 """The ``msession`` command: run a node, or call any contract function from a shell.
 
     msession serve [--bind 127.0.0.1] [--port 8086] [--config FILE]
+                   [--name NAME] [--gossip-port 7946] [--seeds HOST:GOSSIP_PORT,...]
+    msession status [--node HOST:PORT] [--json]
+    msession farm --nodes N [--base-ip 127.0.0.11] [--port 8086] [--gossip-port 7946] [-- SERVE ARGS]
     msession [--node HOST:PORT[,HOST:PORT...]] [--json] COMMAND ARGS...
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import os
@@ -59,6 +63,45 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-frame", type=int, help="largest frame in bytes (4 MiB)")
     p.add_argument("--plugin", action="append", dest="plugins", help="load a plugin (repeatable)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    c = p.add_argument_group("cluster (see docs/farm.md)")
+    c.add_argument("--name", help="this member's unique name (default <hostname>-<address>:<port>)")
+    c.add_argument(
+        "--gossip-port", type=int,
+        help="UDP and TCP port for membership gossip (default 7946; 0 picks a free one; -1 runs a standalone node)",
+    )
+    c.add_argument(
+        "--seeds", action="append", metavar="HOST:PORT,...",
+        help="other members' GOSSIP addresses (host:gossip_port, not their client port) to join "
+        "through; comma-separated or repeated; any one alive suffices",
+    )
+    c.add_argument("--advertise", metavar="ADDR", help="address other members reach this node at (default: --bind)")
+    c.add_argument("--forward-timeout", type=float, metavar="SECONDS",
+                   help="seconds a request forwarded to the owning member may take (5)")
+
+
+def _add_status(sub) -> None:
+    p = sub.add_parser(
+        "status", help="the farm's members and ring as one node sees them",
+        description="Print the members (name, address, state, incarnation, partitions, sessions) "
+        "and a ring summary, as the asked node sees them.",
+    )
+    p.add_argument("--node", dest="status_node", action="append", metavar="HOST:PORT",
+                   help="the node to ask (default $MSESSION_NODES or 127.0.0.1:8086)")
+    p.add_argument("--json", dest="status_json", action="store_true", help="print the status map as JSON")
+
+
+def _add_farm(sub) -> None:
+    p = sub.add_parser(
+        "farm", help="run a local farm of N nodes on this machine",
+        description="Start N nodes on consecutive loopback addresses (base-ip, base-ip+1, ...), all on the "
+        "same ports, node 1 as the seed; print MSESSION_NODES=...; stop them all on SIGINT or SIGTERM. "
+        "Arguments after '--' go to every 'msession serve'.",
+    )
+    p.add_argument("--nodes", type=int, required=True, metavar="N", help="number of nodes")
+    p.add_argument("--base-ip", default="127.0.0.11", help="first node's address, in 127.0.0.0/8 (127.0.0.11)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"every node's client port ({DEFAULT_PORT})")
+    p.add_argument("--gossip-port", type=int, default=7946, help="every node's gossip port (7946)")
+    p.add_argument("serve_args", nargs="*", metavar="-- SERVE ARGS", help="more 'msession serve' arguments")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_serve(sub)
+    _add_status(sub)
+    _add_farm(sub)
     for name, (argnames, help_text) in COMMANDS.items():
         aliases = [name.replace("_", "-")] if "_" in name else []
         p = sub.add_parser(name, aliases=aliases, help=help_text, description=help_text)
@@ -139,18 +184,27 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def serve_overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    """The config options ``serve``'s flags set (None: not given)."""
+    seeds = None
+    if ns.seeds is not None:  # comma-separated, repeatable; "" gives an empty list
+        seeds = [s.strip() for spec in ns.seeds for s in spec.split(",") if s.strip()]
+    return {
+        "bind": ns.bind, "port": ns.port, "session_timeout": ns.session_timeout,
+        "max_connections": ns.max_connections, "max_frame": ns.max_frame,
+        "plugins": ns.plugins, "log_level": ns.log_level,
+        "name": ns.name, "gossip_port": ns.gossip_port, "seeds": seeds,
+        "advertise": ns.advertise, "forward_timeout": ns.forward_timeout,
+    }
+
+
 def serve(ns: argparse.Namespace) -> int:
     import trio
 
     from .server import main_async
 
-    overrides = {
-        "bind": ns.bind, "port": ns.port, "session_timeout": ns.session_timeout,
-        "max_connections": ns.max_connections, "max_frame": ns.max_frame,
-        "plugins": ns.plugins, "log_level": ns.log_level,
-    }
     try:
-        cfg = config_mod.load(ns.config, overrides=overrides)
+        cfg = config_mod.load(ns.config, overrides=serve_overrides(ns))
     except config_mod.ConfigError as exc:
         print(f"msession: {exc}", file=sys.stderr)
         return 2
@@ -166,13 +220,103 @@ def serve(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f}%"
+
+
+def status_table(status: dict[str, Any]) -> str:
+    """``msession status``'s text: a member table, then one ring summary line."""
+    members = status.get("members") or []
+    header = ["NAME", "NODE", "GOSSIP", "STATE", "INC", "PARTS", "SHARE", "SESSIONS"]
+    right = {"INC", "PARTS", "SHARE", "SESSIONS"}
+    rows = [header]
+    for m in members:
+        sessions = m.get("sessions")
+        rows.append([
+            str(m.get("name", "")), str(m.get("node") or "-"), str(m.get("gossip") or "-"),
+            str(m.get("state", "?")), str(m.get("incarnation", "")), str(m.get("partitions", 0)),
+            _pct(m.get("share") or 0.0), "?" if sessions is None else str(sessions),
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.rjust(w) if header[i] in right else cell.ljust(w)
+                  for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        for row in rows
+    ]
+    states = collections.Counter(m.get("state") for m in members)
+    counted = [m["sessions"] for m in members if m.get("sessions") is not None]
+    unasked = [str(m.get("name", "?")) for m in members if m.get("sessions") is None]
+    sessions = f"{sum(counted)} sessions"
+    if unasked:
+        sessions = f"at least {sum(counted)} sessions ({', '.join(unasked)} not counted)"
+    seen_by = f"seen by {status.get('name') or '?'} ({status.get('node') or '?'})"
+    if not status.get("cluster"):
+        lines.append(f"standalone node {seen_by}: no gossip, no ring; {sessions}")
+        return "\n".join(lines) + "\n"
+    total = status.get("partitions", 0)
+    owners = [m.get("partitions") or 0 for m in members
+              if (m.get("partitions") or 0) > 0 or m.get("state") in ("alive", "suspect")]
+    assigned = sum(owners)
+    load = f"load max/avg {max(owners) / (assigned / len(owners)):.2f}" if assigned else "load n/a"
+    parts = f"{total} partitions" + (f" ({total - assigned} unassigned)" if assigned != total else "")
+    summary = (
+        f"ring {status.get('ring', '?')} {seen_by}: {parts}, {len(members)} members "
+        f"({states['alive']} alive, {states['suspect']} suspect, {states['dead']} dead, {states['left']} left), "
+        f"{sessions}, {load}"
+    )
+    if status.get("health"):
+        summary += f", local health {status['health']} (this node is slow: its timeouts are stretched)"
+    lines.append(summary)
+    return "\n".join(lines) + "\n"
+
+
+def _nodes_from(specs: list[str] | None) -> list[str]:
+    specs = specs or [os.environ.get("MSESSION_NODES") or os.environ.get("MSESSION_NODE") or f"127.0.0.1:{DEFAULT_PORT}"]
+    return [n.strip() for spec in specs for n in spec.split(",") if n.strip()]
+
+
+def status(ns: argparse.Namespace) -> int:
+    nodes = _nodes_from(ns.status_node or ns.node)
+    as_json = ns.json or ns.status_json
+    try:
+        with Client(nodes=nodes, timeout=ns.timeout) as client:
+            answer = client.status()
+    except MsessionError as exc:
+        where = ",".join(nodes)
+        if exc.code == "UNKNOWN":
+            message = f"{where} does not know STATUS (a node older than the cluster?)"
+        elif exc.code == "NOCONNECT":
+            message = f"cannot reach {where}: {exc.message}"
+        else:
+            message = f"{where} answered {exc.code}" + (f": {exc.message}" if exc.message else "")
+        print(f"msession status: {message}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a bad HOST:PORT
+        print(f"msession status: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps(_jsonable(answer)))
+    elif not isinstance(answer, dict):
+        print(f"msession status: unexpected answer {answer!r}", file=sys.stderr)
+        return 1
+    else:
+        sys.stdout.write(status_table(answer))
+        sys.stdout.flush()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     command = ns.command.replace("-", "_")
     if command == "serve":
         return serve(ns)
-    nodes = ns.node or [os.environ.get("MSESSION_NODES") or os.environ.get("MSESSION_NODE") or f"127.0.0.1:{DEFAULT_PORT}"]
-    nodes = [n for spec in nodes for n in spec.split(",") if n.strip()]
+    if command == "status":
+        return status(ns)
+    if command == "farm":
+        from . import farm
+
+        return farm.main(ns)
+    nodes = _nodes_from(ns.node)
     try:
         with Client(nodes=nodes, timeout=ns.timeout) as client:
             result = _call(client, command, ns)
