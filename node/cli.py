@@ -107,7 +107,8 @@ def _add_farm(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msession",
-        description="msession: a session server for web farms. Run a node with 'msession serve', "
+        description="msession: a session server for web farms. Run a node with 'msession serve' "
+        "(a local farm with 'msession farm --nodes 3', shown by 'msession status'), "
         "or call any contract function, e.g. 'msession list', 'msession get SID name'.",
     )
     parser.add_argument(
