@@ -290,6 +290,8 @@ def status(ns: argparse.Namespace) -> int:
             message = f"cannot reach {where}: {exc.message}"
         else:
             message = f"{where} answered {exc.code}" + (f": {exc.message}" if exc.message else "")
+        if as_json:  # as every command's errors with --json, for tools
+            print(json.dumps({"error": exc.code, "message": message}))
         print(f"msession status: {message}", file=sys.stderr)
         return 1
     except ValueError as exc:  # a bad HOST:PORT

@@ -175,7 +175,11 @@ def test_status_of_an_unreachable_node_is_one_line():
         assert proc.returncode == 1
         err = proc.stderr.decode()
         assert err.startswith(f"msession status: cannot reach {addr}") and err.count("\n") == 1, err
-        assert proc.stdout == b""
+        if "--json" in args:  # tools get the error as JSON too, as with every command
+            answer = json.loads(proc.stdout)
+            assert answer["error"] == "NOCONNECT" and answer["message"].startswith(f"cannot reach {addr}")
+        else:
+            assert proc.stdout == b""
 
 
 def test_status_bad_address_is_a_usage_error():
