@@ -5,7 +5,7 @@
 For each handler, in the same run: its server on a free loopback port (an
 msession node, redis-server, memcached), two ``php -S`` web servers
 (PHP_CLI_SERVER_WORKERS=4 each) sharing sessions through it, and the page
-bench/php/counter.php, which increments a session counter. Two phases:
+clients/php/tests/farm/counter.php, which increments a session counter. Two phases:
 
 - sequential: 20 virtual users, each sending one request at a time,
   alternating between the two web servers; every answer must be the previous
@@ -46,7 +46,7 @@ from pathlib import Path
 from .servers import BenchError, MsessionServer, RedisServer, _Child, _die_with_parent, find_redis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = Path(__file__).resolve().parent / "php"
+APP = ROOT / "clients" / "php" / "tests" / "farm"  # the web-farm test's page
 HANDLERS = ("msession", "phpredis", "memcached")
 SEQ_USERS, BURST_USERS, BURST = 20, 5, 4
 
