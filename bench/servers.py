@@ -121,7 +121,7 @@ class _Child:
             pass
 
 
-DEFAULT_NODE_CMD = [sys.executable, "-m", "node.cli", "serve", "--bind", "127.0.0.1", "--port", "0"]
+DEFAULT_NODE_CMD = [sys.executable, "-m", "node.cli", "serve", "--bind", "127.0.0.1", "--port", "0", "--gossip-port", "0"]
 
 
 class MsessionServer(_Child):

@@ -34,6 +34,14 @@ class CommandError(Exception):
         self.message = message
 
 
+class _RunLocal:
+    def __repr__(self) -> str:
+        return "RUN_LOCAL"
+
+
+RUN_LOCAL = _RunLocal()  # a farm's remote step found the request should run here after all
+
+
 @dataclass(slots=True)
 class LockWait:
     """SLOCK found the lock held: wait up to ``wait`` seconds on ``waiter``."""
@@ -130,6 +138,7 @@ class Node:
             Cmd.PING: self.ping,
             Cmd.HELLO: self.hello,
             Cmd.INFO: self.info,
+            Cmd.STATUS: self.status,  # a farm member answers it in cluster/runtime.py
         }
         self.started = clock()
         # Callables adding their counters to INFO (the server adds its own).
@@ -210,6 +219,15 @@ class Node:
         for provider in self.info_providers:
             out.update(provider())
         return out
+
+    def status(self, args, now):
+        _arity(args, 0, 0, "STATUS")
+        return {
+            "name": self.config.name or "standalone", "cluster": False,
+            "node": f"{self.config.bind}:{self.config.port}", "gossip": None,
+            "ring": None, "partitions": 0, "health": 0,
+            "members": [],
+        }
 
     def count(self, args, now):
         _arity(args, 0, 0, "COUNT")

@@ -25,9 +25,9 @@ from typing import Any, Callable
 import trio
 
 from protocol.codec import Encoder, FrameDecoder, ProtocolError, parse_request
-from protocol.constants import Err
+from protocol.constants import Cmd, Err
 
-from .commands import CommandError, LockWait, Node
+from .commands import RUN_LOCAL, CommandError, LockWait, Node
 from .config import Config
 from .deadlines import ConnDeadline
 from .logs import RateLimitedLog
@@ -100,11 +100,23 @@ class _Conn:
             view = view[sent:]
 
 
+_LEFT = object()  # the client went away while its request ran elsewhere
+
+
+def _unwrap(args: Any) -> tuple[int, Any, int]:
+    """The request inside a FWD: (cmd, args, hops)."""
+    if (type(args) is not list or len(args) != 3 or type(args[0]) is not int or type(args[1]) is not int
+            or args[0] < 0 or type(args[2]) is not list):
+        raise CommandError("BADARG", "usage: FWD hops cmd [args]")
+    return args[1], args[2], args[0]
+
+
 class Server:
     def __init__(self, config: Config, clock: Callable[[], float] = time.time):
         self.config = config
         self.clock = clock
         self.node = Node(config, clock)
+        self.cluster = None  # set by main_async in a farm: cluster.runtime.Cluster
         self.counters = Counters()
         self.connections = 0
         self.ports: list[tuple[str, int]] = []
@@ -257,7 +269,23 @@ class Server:
                 out.append(encoder.error(exc.request_id, exc.code, exc.message))
                 continue
             try:
-                result = self.node.execute(req.cmd, req.args, self.clock())
+                cmd, args, hops, step = req.cmd, req.args, 0, None
+                if self.cluster is not None:
+                    if cmd == Cmd.FWD:
+                        cmd, args, hops = _unwrap(args)
+                    step = self.cluster.route(cmd, args, hops)
+                if step is not None:
+                    if out:  # answers so far go out before we wait on another member
+                        await conn.send(b"".join(out))
+                        out.clear()
+                        size = 0
+                    result = await self._remote(conn, step, cmd == Cmd.SLOCK, args)
+                    if result is _LEFT:
+                        return -1
+                    if result is RUN_LOCAL:
+                        step = None
+                if step is None:
+                    result = self.node.execute(cmd, args, self.clock())
                 if type(result) is LockWait:
                     flush = b"".join(out)
                     out.clear()
@@ -285,6 +313,57 @@ class Server:
             await conn.send(b"".join(out))
         return answered
 
+    async def _remote(self, conn: _Conn, step: Callable, waits: bool, args: Any) -> Any:
+        """Runs a request's step on other members. A lock that may wait also
+        watches the client: if it leaves, the step is cancelled (its own
+        connection closes, so the owner drops the waiter) and a lock granted
+        meanwhile is released."""
+        if not waits:
+            return await step()
+        outcome: list = []
+        left = False
+        conn.scope.deadline = math.inf  # the wait has its own limit
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def run() -> None:
+                    try:
+                        outcome.append(("ok", await step()))
+                    except (CommandError, ConnectionError) as exc:
+                        outcome.append(("error", exc))
+                    nursery.cancel_scope.cancel()
+
+                async def watch() -> None:
+                    nonlocal left
+                    left = await self._watch_eof(conn)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(run)
+                nursery.start_soon(watch)
+        finally:
+            conn.timer.waited(trio.current_time())
+            conn.sync_deadline()
+        if left:
+            if outcome and outcome[0][0] == "ok" and type(outcome[0][1]) is int:
+                self.cluster.release_lock(args, outcome[0][1])
+            return _LEFT
+        kind, value = outcome[0]
+        if kind == "error":
+            raise value
+        return value
+
+    async def _watch_eof(self, conn: _Conn) -> bool:
+        """Reads ahead while a request waits: True when the client has gone.
+        Stops reading (and sleeps) once a frame's worth is buffered."""
+        while conn.decoder.pending <= self.config.max_frame:
+            data = await conn.recv()
+            if not data:
+                conn.eof = True
+                return True
+            conn.decoder.feed(data)
+        await trio.sleep_forever()
+        return False  # pragma: no cover
+
     async def _wait_for_lock(self, conn: _Conn, lw: LockWait, flush: bytes) -> Any:
         """Sends ``flush`` (earlier answers), then waits for a queued lock while
         watching the connection for EOF.
@@ -306,14 +385,8 @@ class Server:
 
                     async def watch() -> None:
                         nonlocal left
-                        while conn.decoder.pending <= self.config.max_frame:
-                            data = await conn.recv()
-                            if not data:
-                                left = conn.eof = True
-                                nursery.cancel_scope.cancel()
-                                return
-                            conn.decoder.feed(data)
-                        await trio.sleep_forever()  # enough buffered: stop reading
+                        left = await self._watch_eof(conn)
+                        nursery.cancel_scope.cancel()
 
                     nursery.start_soon(watch)
                     with trio.move_on_after(lw.wait):
@@ -389,15 +462,41 @@ def _raise_file_limit(wanted: int) -> None:
 
 
 async def main_async(config: Config) -> None:
-    """Runs a node until SIGTERM or SIGINT, then shuts down cleanly."""
+    """Runs a node until SIGTERM or SIGINT, then shuts down cleanly (a farm
+    member first leaves the farm and hands its sessions on)."""
+    try:
+        await _main(config)
+    except BaseExceptionGroup as group:
+        exit_ = group.subgroup(lambda e: isinstance(e, SystemExit))
+        if exit_ is None:
+            raise
+        while isinstance(exit_, BaseExceptionGroup):
+            exit_ = exit_.exceptions[0]
+        raise exit_ from None
+
+
+async def _main(config: Config) -> None:
     server = Server(config)
     await server.listen()  # outside the nursery, so a busy port is one clear line
+    cluster = None
+    if config.gossip_port >= 0:
+        from cluster.runtime import Cluster
+
+        cluster = Cluster(config, server.node, server.clock)
+        await cluster.open(server.ports[0])
+        server.cluster = cluster
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
+            if cluster is not None:
+                await nursery.start(cluster.run)
+                log.info("gossip on %s:%d as %s", cluster.host, cluster.gossip_port, cluster.name)
             ports = await nursery.start(server.run)
             for host, port in ports:
                 log.info("msession listening on %s:%d", host, port)
             async for signum in signals:
                 log.info("received %s: shutting down", signal.Signals(signum).name)
+                if cluster is not None:
+                    with trio.move_on_after(10):
+                        await cluster.leave()
                 nursery.cancel_scope.cancel()
                 break

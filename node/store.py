@@ -261,6 +261,70 @@ class Store:
                 return sid
         raise StoreError("DUPSESSION", f"no unused id of {length} characters found")
 
+    # -- moving sessions between members ----------------------------------
+
+    def export(self, s: Session) -> list:
+        """The whole state of a session, as a wire value (see ``merge_in``)."""
+        return [
+            s.sid, s.classname, s.data, s.data_version,
+            [[name, value, version] for name, (value, version) in s.vars.items()],
+            s.ctime, s.atime, s.timeout,
+        ]
+
+    def take(self, sid: bytes) -> Session | None:
+        """Removes a session that moves to another member: no hooks run, it
+        was neither destroyed nor expired."""
+        s = self._sessions.get(sid)
+        if s is not None:
+            self._remove(s)
+        return s
+
+    def merge_in(self, state: list, now: float) -> bool:
+        """Merges a session exported elsewhere into this store.
+
+        Per variable and for the data, the later version wins, so merging the
+        same state twice, or a state and writes made here meanwhile, in any
+        order, ends the same. Returns False (and changes nothing) for a state
+        that is past its deadline. Raises ValueError on a malformed state.
+        """
+        try:
+            sid, classname, data, data_version, variables, ctime, atime, timeout = state
+            if not (type(sid) is bytes and sid and type(classname) is bytes and type(data) is bytes):
+                raise ValueError
+            if type(data_version) is not int or type(timeout) is not int or timeout <= 0:
+                raise ValueError
+            ctime, atime = float(ctime), float(atime)
+            pairs = [(n, v, ver) for n, v, ver in variables]
+            for n, v, ver in pairs:
+                if type(n) is not bytes or type(v) is not bytes or type(ver) is not int:
+                    raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError("malformed session state") from None
+        if atime + timeout <= now:
+            return False
+        newest = max([data_version] + [ver for _, _, ver in pairs])
+        self.hlc.observe(newest, now)  # versions made here later must sort after these
+        s = self._sessions.get(sid)
+        if s is None or s.deadline <= now:
+            if s is not None:
+                self._remove(s)
+            s = Session(sid, classname, data, data_version, ctime, timeout)
+            s.atime = atime
+            self._sessions[sid] = s
+            self._place(s, math.ceil(s.deadline))
+        else:
+            if data_version > s.data_version:
+                s.data, s.data_version = data, data_version
+            s.ctime = min(s.ctime, ctime)
+            if atime > s.atime:
+                s.timeout = timeout
+            self._touch(s, max(s.atime, atime), force=True)
+        for name, value, version in pairs:
+            old = s.vars.get(name)
+            if old is None or old[1] < version:
+                s.vars[name] = (value, version)
+        return True
+
     # -- expiry ------------------------------------------------------------
 
     def expire(self, now: float, limit: int | None = None) -> list[Session]:

@@ -36,8 +36,9 @@ from .constants import DEFAULT_MAX_FRAME, DEFAULT_PORT, PROTOCOL_VERSION, Cmd, C
 
 __all__ = ["Client", "AsyncClient", "MsessionError", "parse_node"]
 
-_NOT_IDEMPOTENT = frozenset({Cmd.CREATE, Cmd.INC, Cmd.UNIQ, Cmd.SLOCK, Cmd.SUNLOCK, Cmd.PLUGIN, Cmd.CALL})
+_NOT_IDEMPOTENT = frozenset({Cmd.CREATE, Cmd.INC, Cmd.UNIQ, Cmd.SLOCK, Cmd.SUNLOCK, Cmd.PLUGIN, Cmd.CALL, Cmd.FWD, Cmd.HANDOFF, Cmd.TAKE})
 DEFAULT_MAX_ANSWER = 256 * 1024 * 1024  # LIST of a million sessions is ~40 MB
+_SEND_LIMIT = 30.0  # seconds a started send may take, even when its caller is cancelled
 _CONCURRENT_SEND = 64 * 1024  # batches above this are sent while answers are read
 
 
@@ -365,6 +366,8 @@ def _lock_wait(cmd: int, args: list) -> float:
     """Extra seconds a request may legitimately take on the server."""
     if cmd == Cmd.SLOCK:
         return args[1] / 1000.0 if len(args) > 1 and args[1] is not None else 300.0
+    if cmd == Cmd.FWD:  # a request one member forwards to another: [hops, cmd, args]
+        return _lock_wait(args[1], args[2])
     return 0.0
 
 
@@ -554,6 +557,8 @@ class _Slot:
 
 def _waits(cmd: int, args: list) -> bool:
     """An SLOCK that may wait: it holds back every later answer on its connection."""
+    if cmd == Cmd.FWD:
+        return _waits(args[1], args[2])
     return cmd == Cmd.SLOCK and (len(args) < 2 or args[1] is None or args[1] > 0)
 
 
@@ -593,7 +598,12 @@ class _AsyncConn:
                 if self.broken:
                     raise trio.ClosedResourceError("connection abandoned")
                 phase = "sending"
-                await self.stream.send_all(data)
+                # Once started, a request is sent whole even if its caller is
+                # cancelled: half a frame would break the connection for every
+                # task sharing it. Its answer is read and dropped.
+                with trio.CancelScope(shield=True):
+                    with trio.fail_after(_SEND_LIMIT):
+                        await self.stream.send_all(data)
             phase = "sent"
 
         try:

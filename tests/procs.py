@@ -31,7 +31,8 @@ class NodeProcess:
     """``msession serve`` in a child process, on a free loopback port."""
 
     def __init__(self, *args: str, env: dict | None = None):
-        self.args = ["serve", "--bind", "127.0.0.1", "--port", "0", *args]
+        gossip = [] if "--gossip-port" in args else ["--gossip-port", "0"]  # a farm of one by default
+        self.args = ["serve", "--bind", "127.0.0.1", "--port", "0", *gossip, *args]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
         full_env.update(env or {})
         self.proc = subprocess.Popen(

@@ -515,6 +515,7 @@ S = KEEP
 BAD_ARGS: dict[int, list[list]] = {
     Cmd.PING: [[1], [S], [None]],
     Cmd.INFO: [[1], [S], [None]],
+    Cmd.STATUS: [[1], [S], [None]],
     Cmd.HELLO: [[], [b"x"], [-1], [1, {}, 3], [None], [1.5], [[1]]],
     Cmd.COUNT: [[1], [None]],
     Cmd.CREATE: [
@@ -562,8 +563,17 @@ BAD_ARGS: dict[int, list[list]] = {
 }
 
 
+# Between farm members only: a standalone node does not know them (UNKNOWN).
+MEMBER_BAD_ARGS: dict[int, list[list]] = {
+    Cmd.FWD: [[], [1], [1, Cmd.PING], [-1, Cmd.PING, []], [b"x", Cmd.PING, []], [1, b"x", []], [None, None, None], [1, 2, [], 4], [1, Cmd.PING, None], [1, Cmd.PING, b"x"]],
+    Cmd.HANDOFF: [[], [b"x"], [[b"x"]], [[[S]]], [[[S, b"", b"", 1, [], 1.0, 1.0, 0]]], [[[b"", b"", b"", 1, [], 1.0, 1.0, 60]]],
+                  [[[S, b"", b"", 1, [[b"n", 1, 1]], 1.0, 1.0, 60]]], [[], []]],
+    Cmd.TAKE: [[], [1], [None], [S, S], [[]]],
+}
+
+
 def test_bad_args_table_covers_every_command():
-    assert set(BAD_ARGS) == {c for c in Cmd} - UNSUPPORTED
+    assert set(BAD_ARGS) | set(MEMBER_BAD_ARGS) == {c for c in Cmd} - UNSUPPORTED
 
 
 async def _check_bad_args(addr, cmd: int, cases: list[list]) -> None:
@@ -593,9 +603,16 @@ async def test_bad_arguments(addr, cmd):
 
 
 async def test_bad_arguments_subprocess(proc_node):
-    addr = (proc_node.host, proc_node.port)
-    for cmd, cases in BAD_ARGS.items():
+    addr = (proc_node.host, proc_node.port)  # a farm of one: member commands too
+    for cmd, cases in (BAD_ARGS | MEMBER_BAD_ARGS).items():
         await _check_bad_args(addr, cmd, cases)
+
+
+@pytest.mark.parametrize("cmd", [pytest.param(c, id=Cmd(c).name) for c in MEMBER_BAD_ARGS])
+async def test_member_commands_unknown_to_a_standalone_node(addr, cmd):
+    w = await Wire.open(addr)
+    assert_err(await w.call(7, cmd, [1, Cmd.PING, []]), Err.UNKNOWN, 7)
+    await assert_serving(addr, w)
 
 
 async def test_unsupported_protocol_version(target):
@@ -666,7 +683,7 @@ async def test_counter_overflow_is_badarg_and_keeps_value(addr):
 
 @pytest.mark.parametrize(
     "cmd",
-    [0, 1, 999, 1025, 1027, 1099, 1102, 65536, 2**32, 2**63 - 1, 2**64 - 1, -1, -(2**63)]
+    [0, 1, 999, 1025, 1027, 1099, 1103, 1199, 65536, 2**32, 2**63 - 1, 2**64 - 1, -1, -(2**63)]
     + [pytest.param(int(c), id=c.name) for c in sorted(UNSUPPORTED)],
 )
 async def test_unknown_command(target, cmd):

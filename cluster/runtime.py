@@ -1,0 +1,609 @@
+"""One member of a farm: trio around the membership core, the ring and the router.
+
+What runs here (everything that decides is in the sans-I/O modules):
+
+- **Gossip I/O.** One UDP socket for probes and gossip and one TCP listener for
+  push-pull full-state exchanges, on the same port, as memberlist does. A task
+  reads datagrams, a task runs the core's timers, a task per push-pull. Before
+  timers run, queued datagrams are read first: after a stall of the event
+  loop, acks waiting in the socket count before the probes time out.
+- **Ring.** Rebuilt from the live members (alive and suspect) on every
+  membership change; ``cluster/ring.py`` makes it a pure function of that set.
+- **Forwarding.** A request for another member's session goes to it as
+  ``FWD [hops, cmd, args]`` over a pooled, pipelined connection (an
+  ``AsyncClient`` per member; a lock that may wait gets its own connection).
+  Errors come back unchanged; a member that cannot be reached gives
+  UNAVAILABLE. Whole-farm commands go to every live member at once.
+- **Handoff.** When the ring changes, sessions this member holds but no longer
+  owns are sent to their new owners (``HANDOFF``) and removed here. A new
+  owner asked for a session it lacks, in a partition it took over less than
+  ``TAKE_WINDOW`` seconds ago, first asks the previous owner for it (``TAKE``),
+  so a request racing the handoff still finds its session.
+- **Leaving.** On SIGTERM a member announces it leaves, hands every session to
+  the owners of the ring without it, and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import struct
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from node.commands import RUN_LOCAL, CommandError, Node
+from node.config import Config
+from node.logs import RateLimitedLog
+from node.store import random_id
+from protocol.client import AsyncClient, MsessionError
+from protocol.constants import Cmd, Err
+
+from . import router
+from .membership import GossipConfig, Membership, PushPull, SendPacket
+from .ring import Ring, partition_of, ring_for
+
+log = logging.getLogger("msession.cluster")
+
+HANDOFF_BATCH = 500  # sessions per HANDOFF request
+TAKE_WINDOW = 60.0  # seconds a new owner asks the previous one for sessions it lacks
+TAKE_TIMEOUT = 2.0
+STREAM_TIMEOUT = 5.0  # a push-pull exchange
+UDP_READ = 65536
+_LEN = struct.Struct(">I")
+
+
+def _ident(value: Any) -> Any:
+    return value
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Cluster:
+    def __init__(self, config: Config, node: Node, clock: Callable[[], float]):
+        self.config = config
+        self.node = node
+        self.clock = clock
+        self.gossip = GossipConfig()
+        self.name = config.name
+        self.host = ""
+        self.data_port = 0
+        self.gossip_port = 0
+        self.membership: Membership | None = None
+        self.ring: Ring = ring_for([])
+        self._peers: dict[str, tuple[tuple[str, int], AsyncClient]] = {}
+        self._previous: dict[int, tuple[str, float]] = {}  # partition -> (previous owner, since)
+        self._udp: socket.socket | None = None
+        self._tcp: trio.SocketListener | None = None
+        self._wake = trio.Event()
+        self._handoff_due = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._log = RateLimitedLog(log)
+        self._started = 0.0
+        self.leaving = False
+        self.counters = {
+            "forwarded": 0, "forward_errors": 0, "refused_hops": 0, "gathers": 0,
+            "sessions_handed_off": 0, "sessions_received": 0, "takes": 0, "handoff_errors": 0,
+        }
+        node.info_providers.append(self._info)
+
+    # -- set-up -----------------------------------------------------------------
+
+    async def open(self, data_addr: tuple[str, int]) -> None:
+        """Binds the gossip port (UDP and TCP). SystemExit with one clear line on failure."""
+        bind = self.config.bind
+        self.data_port = data_addr[1]
+        self.host = self.config.advertise or (bind if bind not in ("", "0.0.0.0", "::") else _this_host())
+        port = self.config.gossip_port
+        for _attempt in range(20 if port == 0 else 1):
+            try:
+                listeners = await trio.open_tcp_listeners(port, host=bind)
+            except OSError as exc:
+                raise SystemExit(f"msession: cannot listen for gossip on {bind}:{port} (TCP): {exc.strerror}") from None
+            self._tcp = listeners[0]
+            for extra in listeners[1:]:
+                await extra.aclose()
+            chosen = self._tcp.socket.getsockname()[1]
+            udp = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                udp.bind((bind, chosen))
+            except OSError as exc:
+                udp.close()
+                await self._tcp.aclose()
+                if port == 0:
+                    continue  # the free TCP port is taken for UDP: pick another
+                raise SystemExit(f"msession: cannot listen for gossip on {bind}:{port} (UDP): {exc.strerror}") from None
+            udp.setblocking(False)
+            self._udp = udp
+            self.gossip_port = chosen
+            break
+        else:
+            raise SystemExit("msession: found no free gossip port")
+        if not self.name:
+            self.name = f"{socket.gethostname()}-{self.host}:{self.data_port}"
+        meta = {"host": self.host, "port": self.data_port}
+        self.membership = Membership(
+            self.name, (self.host, self.gossip_port), meta, self.gossip, trio.current_time(), random.Random()
+        )
+        self.ring = ring_for([self.name])
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        m = self.membership
+        assert m is not None, "open() first"
+        seeds = []
+        for spec in self.config.seeds:
+            try:
+                addr = _addr(spec)
+                infos = await trio.socket.getaddrinfo(addr[0], addr[1], type=socket.SOCK_DGRAM)
+                seeds.append((infos[0][4][0], addr[1]))
+            except (OSError, ValueError) as exc:
+                log.warning("seed %s: cannot resolve: %s", spec, exc)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._started = trio.current_time()
+                m.join(seeds, trio.current_time())
+                nursery.start_soon(self._read_udp)
+                nursery.start_soon(self._timers)
+                nursery.start_soon(self._serve_streams)
+                nursery.start_soon(self._handoff_loop)
+                if seeds:
+                    nursery.start_soon(self._watch_join, [f"{h}:{p}" for h, p in seeds])
+                self._after()
+                task_status.started()
+        finally:
+            if self._udp is not None:
+                trio.lowlevel.notify_closing(self._udp)
+                self._udp.close()
+            for _addr_, client in self._peers.values():
+                with trio.CancelScope(shield=True):
+                    await client.close()
+
+    async def _watch_join(self, seeds: list[str]) -> None:
+        m = self.membership
+        warned = False
+        with trio.move_on_after(3600):
+            while not m.joined:
+                await trio.sleep(0.1)
+                if m.conflict:
+                    return
+                if not warned and trio.current_time() - self._started > 3:
+                    log.warning("none of the seeds %s answers yet; still trying (a farm's first node needs no seeds)", ", ".join(seeds))
+                    warned = True
+        log.info("joined the farm: %d members", len(m.live_names()))
+
+    # -- gossip I/O -----------------------------------------------------------
+
+    def _drain_udp(self) -> None:
+        m, udp = self.membership, self._udp
+        while True:
+            try:
+                data, src = udp.recvfrom(UDP_READ)
+            except BlockingIOError:
+                return
+            except OSError:  # e.g. ICMP port unreachable reported on a UDP socket
+                continue
+            m.receive_packet(data, src[:2], trio.current_time())
+
+    async def _read_udp(self) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(self._udp)
+            self._drain_udp()
+            self._after()
+
+    async def _timers(self) -> None:
+        m = self.membership
+        while True:
+            self._drain_udp()  # answers already here count before timeouts fire
+            m.tick(trio.current_time())
+            self._after()
+            self._wake = trio.Event()
+            with trio.move_on_at(m.next_wakeup()):
+                await self._wake.wait()
+
+    def _after(self) -> None:
+        """Sends what the core queued, logs its notes, applies its events."""
+        m = self.membership
+        for item in m.take_outgoing():
+            if type(item) is SendPacket:
+                try:
+                    self._udp.sendto(item.data, item.dest)
+                except OSError:
+                    pass  # a full buffer or an unreachable member: gossip is lossy by design
+            elif type(item) is PushPull and self._nursery is not None:
+                self._nursery.start_soon(self._push_pull, item)
+        for note in m.take_notes():
+            self._log.info("gossip: %s", note)
+        changed = False
+        for kind, member in m.take_events():
+            if kind in ("join", "dead", "left", "alive", "reaped"):
+                log.info("member %s (%s:%d): %s", member.name, member.addr[0], member.addr[1], kind)
+            changed = True
+        if m.conflict:
+            raise SystemExit(f"msession: {m.conflict}")
+        if changed:
+            self._update_ring()
+        self._wake.set()
+
+    async def _push_pull(self, item: PushPull) -> None:
+        m = self.membership
+        reply = None
+        try:
+            with trio.fail_after(STREAM_TIMEOUT):
+                stream = await trio.open_tcp_stream(*item.dest)
+                async with stream:
+                    await stream.send_all(_LEN.pack(len(item.data)) + item.data)
+                    reply = await _read_frame(stream, self.gossip.max_stream)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError):
+            reply = None
+        m.stream_reply(item.dest, reply, trio.current_time(), item.join)
+        self._after()
+
+    async def _serve_streams(self) -> None:
+        await trio.serve_listeners(self._serve_stream, [self._tcp])
+
+    async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        m = self.membership
+        try:
+            peer = stream.socket.getpeername()[:2]
+            with trio.fail_after(STREAM_TIMEOUT):
+                data = await _read_frame(stream, self.gossip.max_stream)
+                reply = m.stream_request(data, peer, trio.current_time())
+                self._after()
+                await stream.send_all(_LEN.pack(len(reply)) + reply)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError) as exc:
+            self._log.info("gossip: push-pull from a peer failed: %s", exc or type(exc).__name__)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    # -- the ring ----------------------------------------------------------------
+
+    def _update_ring(self) -> None:
+        live = self.membership.live_names()
+        if set(live) == set(self.ring.members):
+            return
+        old, new = self.ring, ring_for(live)
+        self.ring = new
+        now = trio.current_time()
+        if len(old):
+            for p, (was, now_owner) in enumerate(zip(old.owners, new.owners)):
+                if now_owner == self.name and was != self.name and was is not None:
+                    self._previous[p] = (was, now)
+        log.info("ring %s: %d members", new.id, len(new))
+        self._handoff_due.set()
+
+    def _member_addr(self, name: str) -> tuple[str, int] | None:
+        member = self.membership.get(name)
+        if member is None or type(member.meta) is not dict:
+            return None
+        host, port = member.meta.get("host"), member.meta.get("port")
+        if isinstance(host, bytes):
+            host = host.decode()
+        if not isinstance(host, str) or type(port) is not int:
+            return None
+        return host, port
+
+    def _peer(self, name: str) -> AsyncClient:
+        addr = self._member_addr(name)
+        if addr is None:
+            raise CommandError("UNAVAILABLE", f"member {name} has no known address")
+        known = self._peers.get(name)
+        if known is not None and known[0] == addr:
+            return known[1]
+        client = AsyncClient(nodes=[f"{addr[0]}:{addr[1]}"], timeout=self.config.forward_timeout, connect_timeout=1.0)
+        if known is not None and self._nursery is not None:
+            self._nursery.start_soon(known[1].close)
+        self._peers[name] = (addr, client)
+        return client
+
+    # -- requests ------------------------------------------------------------------
+
+    def route(self, cmd: int, args: Any, hops: int) -> Callable[[], Awaitable[Any]] | None:
+        """None to run the request here now; else an async step giving its answer
+        (or ``RUN_LOCAL``). Raises CommandError for a request refused here."""
+        if cmd in (Cmd.STATUS, Cmd.HANDOFF, Cmd.TAKE, Cmd.UNIQ):
+            return self._special(cmd, args, hops)
+        where, owner = router.plan(cmd, args, hops, self.ring, self.name)
+        if where == router.LOCAL:
+            sid = router.session_of(args) if cmd in router.KEYED else None
+            if sid is not None and self._previous and self._missing(sid):
+                return lambda: self._take_then_local(sid)
+            return None
+        if where == router.FORWARD:
+            return lambda: self.forward(owner, hops + 1, cmd, args)
+        if where == router.REFUSE:
+            self.counters["refused_hops"] += 1
+            raise CommandError("BUSY", f"the farm's view is changing (passed on {hops} times; owner now {owner}): retry")
+        return lambda: self.gather(cmd, args)
+
+    def _special(self, cmd: int, args: Any, hops: int):
+        if cmd == Cmd.STATUS:
+            if args != []:
+                raise CommandError("BADARG", "usage: STATUS")
+            return self.status
+        if cmd == Cmd.HANDOFF:
+            return lambda: self._receive_handoff(args)
+        if cmd == Cmd.TAKE:
+            return lambda: self._give(args)
+        if hops > 0:
+            return None  # an UNIQ forwarded by an older member: create here
+        return lambda: self.uniq(args)
+
+    async def forward(self, owner: str, hops: int, cmd: int, args: Any) -> Any:
+        self.counters["forwarded"] += 1
+        client = self._peer(owner)
+        try:
+            return await client._call(Cmd.FWD, [hops, cmd, args], _ident)
+        except MsessionError as exc:
+            if exc.code in ("BADCONN", "NOCONNECT") or exc.code not in Err.__members__:
+                self.counters["forward_errors"] += 1
+                maybe = " (it may have run)" if cmd not in _SAFE else ""
+                raise CommandError("UNAVAILABLE", f"member {owner} could not be reached{maybe}: {exc.message}") from None
+            raise CommandError(exc.code, exc.message) from None
+
+    def release_lock(self, args: Any, key: int) -> None:
+        """Unlocks a lock granted to a client that left before hearing of it."""
+        sid = router.session_of(args)
+        owner = self.ring.owner(sid) if sid is not None else None
+        if owner is None or self._nursery is None:
+            return
+
+        async def release() -> None:
+            with trio.move_on_after(self.config.forward_timeout):
+                try:
+                    if owner == self.name:
+                        self.node.execute(Cmd.SUNLOCK, [sid, key], self.clock())
+                    else:
+                        await self.forward(owner, 1, Cmd.SUNLOCK, [sid, key])
+                except CommandError:
+                    pass
+
+        self._nursery.start_soon(release)
+
+    async def gather(self, cmd: int, args: Any) -> Any:
+        """Runs a whole-farm command on every live member; one answer."""
+        self.counters["gathers"] += 1
+        local = self.node.execute(cmd, args, self.clock())  # checks the arguments first
+        members = [m for m in self.ring.members if m != self.name]
+        answers: list[Any] = [local]
+        failed: list[str] = []
+
+        async def ask(member: str) -> None:
+            try:
+                answers.append(await self.forward(member, router.MAX_HOPS, cmd, args))
+            except CommandError as exc:
+                failed.append(f"{member}: {exc.message}")
+
+        async with trio.open_nursery() as nursery:
+            for member in members:
+                nursery.start_soon(ask, member)
+        if failed:
+            raise CommandError("UNAVAILABLE", "not every member answered: " + "; ".join(failed))
+        return router.merge(cmd, answers)
+
+    async def uniq(self, args: Any) -> Any:
+        """A fresh id, unique in the farm: created on the id's owner, which
+        refuses an id that is taken (DUPSESSION) and we draw another."""
+        if type(args) is not list or not 1 <= len(args) <= 3 or type(args[0]) is not int or not 1 <= args[0] <= self.config.max_uniq_len:
+            return RUN_LOCAL  # the node's checks give the error
+        for _ in range(16):
+            sid = random_id(args[0])
+            owner = self.ring.owner(sid)
+            create = [sid, *args[1:]]
+            try:
+                if owner is None or owner == self.name:
+                    if self._previous and self._missing(sid):
+                        await self._take(sid)
+                    self.node.execute(Cmd.CREATE, create, self.clock())
+                else:
+                    await self.forward(owner, 1, Cmd.CREATE, create)
+            except CommandError as exc:
+                if exc.name == "DUPSESSION":
+                    continue
+                raise
+            return sid
+        raise CommandError("DUPSESSION", "no unused id found")
+
+    # -- handoff -------------------------------------------------------------
+
+    def _missing(self, sid: bytes) -> bool:
+        if self.node.store.get(sid, self.clock(), touch=False) is not None:
+            return False
+        entry = self._previous.get(partition_of(sid))
+        if entry is None:
+            return False
+        if trio.current_time() - entry[1] > TAKE_WINDOW:
+            del self._previous[partition_of(sid)]
+            return False
+        return True
+
+    async def _take(self, sid: bytes) -> None:
+        previous, _since = self._previous[partition_of(sid)]
+        member = self.membership.get(previous)
+        if member is None or member.state == "dead":
+            return
+        self.counters["takes"] += 1
+        try:
+            with trio.move_on_after(TAKE_TIMEOUT):
+                state = await self._peer(previous)._call(Cmd.TAKE, [sid], _ident)
+                if state:
+                    self.node.store.merge_in(state, self.clock())
+        except (MsessionError, CommandError, ValueError) as exc:
+            self._log.info("asking %s for session it held failed: %s", previous, exc)
+
+    async def _take_then_local(self, sid: bytes) -> Any:
+        await self._take(sid)
+        return RUN_LOCAL
+
+    async def _give(self, args: Any) -> Any:
+        if type(args) is not list or len(args) != 1 or type(args[0]) is not bytes:
+            raise CommandError("BADARG", "usage: TAKE session")
+        s = self.node.store.get(args[0], self.clock(), touch=False)
+        if s is None or self.ring.owner(args[0]) == self.name:
+            return None  # not here, or ours under our view: not ours to give
+        state = self.node.store.export(s)
+        self.node.store.take(args[0])
+        self.counters["sessions_handed_off"] += 1
+        return state
+
+    async def _receive_handoff(self, args: Any) -> Any:
+        if type(args) is not list or len(args) != 1 or type(args[0]) is not list:
+            raise CommandError("BADARG", "usage: HANDOFF [session state, ...]")
+        if self.leaving:
+            raise CommandError("BUSY", f"member {self.name} is leaving the farm")
+        now, merged, foreign = self.clock(), 0, False
+        for state in args[0]:
+            try:
+                if self.node.store.merge_in(state, now):
+                    merged += 1
+                    foreign = foreign or self.ring.owner(state[0]) != self.name
+            except ValueError:
+                raise CommandError("BADARG", "malformed session state in HANDOFF") from None
+        self.counters["sessions_received"] += merged
+        if foreign:
+            self._handoff_due.set()  # the sender's view was ahead or behind ours: pass them on
+        return merged
+
+    async def _handoff_loop(self) -> None:
+        while True:
+            await self._handoff_due.wait()
+            await trio.sleep(0.2)  # let a burst of membership changes settle into one view
+            self._handoff_due = trio.Event()
+            if not self.leaving:
+                await self.hand_off(self.ring)
+
+    async def hand_off(self, ring: Ring) -> int:
+        """Sends every session ``ring`` gives to another member to that member."""
+        store, now = self.node.store, self.clock()
+        moving: dict[str, list[bytes]] = {}
+        for s in store.sessions(now):
+            owner = ring.owner(s.sid)
+            if owner is not None and owner != self.name:
+                moving.setdefault(owner, []).append(s.sid)
+        sent = 0
+        for owner, sids in moving.items():
+            for i in range(0, len(sids), HANDOFF_BATCH):
+                states = []
+                for sid in sids[i:i + HANDOFF_BATCH]:
+                    s = store.get(sid, self.clock(), touch=False)
+                    if s is not None and (self.leaving or self.node.locks.holder(sid) == 0):
+                        states.append(store.export(s))
+                        store.take(sid)  # gone from here before it exists there: never two holders
+                if not states:
+                    continue
+                try:
+                    await self._peer(owner)._call(Cmd.HANDOFF, [states], _ident)
+                    sent += len(states)
+                    self.counters["sessions_handed_off"] += len(states)
+                except (MsessionError, CommandError) as exc:
+                    self.counters["handoff_errors"] += 1
+                    self._log.info("handing %d sessions to %s failed (kept here): %s", len(states), owner, exc)
+                    for state in states:
+                        store.merge_in(state, self.clock())
+                    self._handoff_due.set()  # again, with the view of then
+        if sent:
+            log.info("handed %d sessions to their new owners", sent)
+        return sent
+
+    async def leave(self) -> None:
+        """Announces we leave, hands every session to the others, lets gossip carry it."""
+        m = self.membership
+        self.leaving = True
+        m.leave(trio.current_time())
+        self._after()
+        with trio.move_on_after(2):  # the others should know before sessions arrive
+            while not m.leave_done():
+                await trio.sleep(0.05)
+        deadline = trio.current_time() + 5
+        while trio.current_time() < deadline:
+            others = [n for n in self.membership.live_names() if n != self.name]
+            if not others:
+                break
+            await self.hand_off(ring_for(others))
+            if not len(self.node.store):
+                break
+            await trio.sleep(0.2)
+        if len(self.node.store):
+            log.warning("left the farm with %d sessions not handed on", len(self.node.store))
+
+    # -- status ----------------------------------------------------------------
+
+    async def status(self) -> dict:
+        m = self.membership
+        counts: dict[str, int | None] = {self.name: self.node.store.count(self.clock())}
+
+        async def ask(name: str) -> None:
+            counts[name] = None
+            with trio.move_on_after(1.0):
+                try:
+                    counts[name] = await self.forward(name, router.MAX_HOPS, Cmd.COUNT, [])
+                except CommandError:
+                    pass
+
+        live = set(self.ring.members)
+        async with trio.open_nursery() as nursery:
+            for name in live - {self.name}:
+                nursery.start_soon(ask, name)
+        summary = self.ring.summary()["members"]
+        members = []
+        for member in m.members():
+            addr = self._member_addr(member.name)
+            share = summary.get(member.name, {"partitions": 0, "share": 0.0})
+            members.append({
+                "name": member.name,
+                "node": f"{addr[0]}:{addr[1]}" if addr else None,
+                "gossip": f"{member.addr[0]}:{member.addr[1]}",
+                "state": member.state,
+                "incarnation": member.incarnation,
+                "partitions": share["partitions"],
+                "share": share["share"],
+                "sessions": counts.get(member.name) if member.name in live else None,
+            })
+        return {
+            "name": self.name, "cluster": True,
+            "node": f"{self.host}:{self.data_port}", "gossip": f"{self.host}:{self.gossip_port}",
+            "ring": self.ring.id, "partitions": len(self.ring.owners), "health": m.health,
+            "members": members,
+        }
+
+    def _info(self) -> dict:
+        m = self.membership
+        out = {f"cluster_{k}": v for k, v in self.counters.items()}
+        if m is not None:
+            out["cluster_members"] = len(m.live_names())
+            out.update({f"gossip_{k}": v for k, v in m.counters.items()})
+        return out
+
+
+_SAFE = frozenset({Cmd.CTL, Cmd.GETVAL, Cmd.GETALL, Cmd.DATAGET, Cmd.COUNT, Cmd.LIST, Cmd.FIND, Cmd.LISTVAR, Cmd.SETVAL, Cmd.DATASET, Cmd.DROP, Cmd.TIMEOUT})
+
+
+async def _read_frame(stream: trio.SocketStream, limit: int) -> bytes:
+    buf = bytearray()
+    need = _LEN.size
+    size = None
+    while True:
+        while len(buf) < need:
+            chunk = await stream.receive_some(min(65536, max(need - len(buf), 4096)))
+            if not chunk:
+                raise ValueError("connection closed mid-frame")
+            buf += chunk
+        if size is None:
+            (size,) = _LEN.unpack(buf[:4])
+            if size > limit:
+                raise ValueError(f"push-pull frame of {size} bytes is over the limit")
+            need = 4 + size
+            continue
+        return bytes(buf[4:need])
+
+
+def _this_host() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
