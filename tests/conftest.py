@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from node.config import Config  # noqa: E402
 from node.server import Server  # noqa: E402
-from procs import NodeProcess, stop_all  # noqa: E402
+from procs import Farm, NodeProcess, stop_all  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,6 +36,16 @@ def shared_node_process():
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture(scope="module")
+def farm():
+    """Three real nodes on loopback forming one farm (shared by a module's tests)."""
+    f = Farm(3)
+    try:
+        yield f
+    finally:
+        f.stop()
 
 
 def make_config(**overrides) -> Config:

@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.servers import die_with_parent  # noqa: E402
 READY = re.compile(rb"msession listening on (\S+):(\d+)")
+GOSSIP = re.compile(rb"gossip on (\S+):(\d+) as (\S+)")
 
 
 _live: "set[NodeProcess]" = set()
@@ -51,6 +52,17 @@ class NodeProcess:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def gossip_address(self) -> str:
+        m = GOSSIP.search(self.read_log().encode())
+        if m is None:
+            raise RuntimeError("this node has no gossip port (standalone)")
+        return f"{m.group(1).decode()}:{m.group(2).decode()}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def _drain(self) -> None:
         # Reads stderr for as long as the process lives, so a chatty node never
@@ -100,3 +112,64 @@ class NodeProcess:
         self.proc.stderr.close()
         _live.discard(self)
         return self.proc.returncode
+
+
+class Farm:
+    """``n`` real nodes on loopback that found each other through gossip."""
+
+    def __init__(self, n: int, *args: str, prefix: str = "node"):
+        self.args = args
+        self.prefix = prefix
+        self.nodes: list[NodeProcess] = []
+        try:
+            for _ in range(n):
+                self.add()
+            self.wait_converged()
+        except BaseException:
+            self.stop()
+            raise
+
+    def add(self, *extra: str, name: str | None = None) -> NodeProcess:
+        name = name or f"{self.prefix}{len(self.nodes) + 1}"
+        live = [n for n in self.nodes if n.proc.poll() is None]
+        seeds = ["--seeds", ",".join(n.gossip_address for n in live[:2])] if live else []
+        node = NodeProcess("--name", name, *seeds, *self.args, *extra)
+        node.name = name
+        self.nodes.append(node)
+        return node
+
+    @property
+    def addresses(self) -> list[str]:
+        return [n.address for n in self.nodes if n.proc.poll() is None]
+
+    def status(self, node: NodeProcess) -> dict:
+        from protocol.client import Client
+
+        with Client(nodes=[node.address], timeout=5) as c:
+            return c.status()
+
+    def states(self, node: NodeProcess) -> dict[str, str]:
+        return {m["name"]: m["state"] for m in self.status(node)["members"]}
+
+    def wait_converged(self, timeout: float = 20.0) -> None:
+        """Until every running node sees every running node alive, and the same ring."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [n for n in self.nodes if n.proc.poll() is None]
+            names = {n.name for n in live}
+            try:
+                views = [self.status(n) for n in live]
+                if all({m["name"] for m in v["members"] if m["state"] == "alive"} == names for v in views) and len(
+                    {v["ring"] for v in views}
+                ) == 1:
+                    return
+            except Exception:  # a node still starting
+                if time.monotonic() > deadline:
+                    raise
+            if time.monotonic() > deadline:
+                raise AssertionError(f"farm did not converge in {timeout} s: {[self.states(n) for n in live]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
