@@ -7,7 +7,7 @@ plus ``i - 1``: every node has its own loopback address (Linux routes all of
 without seeds; the others seed to node 1 and, with more than two nodes, to node 2
 as well, so either one alive suffices to join.
 
-The launcher waits until every node listens and node 1 sees N members alive,
+The launcher waits until every node listens and every node sees N members alive,
 prints one line per node and ``MSESSION_NODES=...``, then runs until SIGINT,
 SIGTERM or SIGHUP, or until a node dies on its own (reported, with its last log
 lines; exit status 1). Stopping is SIGTERM to every node, up to 10 s, then SIGKILL.
@@ -237,27 +237,28 @@ class Farm:
                 raise FarmError(f"{node.name} did not start listening within {self.start_timeout:g} s; "
                                 "its last lines:\n" + node.last_lines())
 
-    def _wait_members(self, deadline: float) -> None:
+    def _sees_all(self, node: FarmNode) -> str | None:
+        """None when ``node`` sees every node alive, else what it sees."""
         want = len(self.nodes)
-        first = self.nodes[0]
-        seen = "no answer yet"
-        while True:
-            self._check()
-            try:
-                with Client(nodes=[first.address], timeout=2.0, connect_timeout=1.0) as client:
-                    status = client.status()
-                alive = sorted(m.get("name", "?") for m in status.get("members", []) if m.get("state") == "alive")
-                if len(alive) >= want:
-                    return
-                seen = f"{len(alive)} of {want} alive ({', '.join(alive) or 'none'})"
-            except MsessionError as exc:
-                seen = f"STATUS failed: {exc}"
-            except (OSError, ValueError, AttributeError, TypeError) as exc:
-                seen = f"STATUS failed: {exc!r}"
-            if time.monotonic() > deadline:
-                raise FarmError(f"{first.name} ({first.address}) does not see all {want} members alive "
-                                f"within {self.start_timeout:g} s: {seen}")
-            self._wake.wait(0.2)
+        try:
+            with Client(nodes=[node.address], timeout=2.0, connect_timeout=1.0) as client:
+                status = client.status()
+            alive = sorted(m.get("name", "?") for m in status.get("members", []) if m.get("state") == "alive")
+        except MsessionError as exc:
+            return f"STATUS failed: {exc}"
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            return f"STATUS failed: {exc!r}"
+        return None if len(alive) >= want else f"{len(alive)} of {want} alive ({', '.join(alive) or 'none'})"
+
+    def _wait_members(self, deadline: float) -> None:
+        """Until node 1, then every other node, sees all of them alive."""
+        for node in self.nodes:
+            while (seen := self._sees_all(node)) is not None:
+                self._check()
+                if time.monotonic() > deadline:
+                    raise FarmError(f"{node.name} ({node.address}) does not see all {len(self.nodes)} members "
+                                    f"alive within {self.start_timeout:g} s: {seen}")
+                self._wake.wait(0.2)
 
     # -- stop -----------------------------------------------------------------------
     def stop(self) -> list[str]:

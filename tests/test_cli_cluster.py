@@ -303,6 +303,7 @@ def test_farm_of_three_starts_reports_and_stops(tmp_path):
         assert nodes_line == "MSESSION_NODES=" + ",".join(addrs)
         assert sorted(pids) == ["node1", "node2", "node3"]
 
+        rings = set()
         for addr in (addrs[0], addrs[2]):
             proc = run_cli("status", "--node", addr, "--json")
             assert proc.returncode == 0, proc.stderr.decode()
@@ -314,6 +315,8 @@ def test_farm_of_three_starts_reports_and_stops(tmp_path):
             assert [m["node"] for m in members] == addrs
             assert [m["gossip"] for m in members] == [f"{ip}:{gport}" for ip in ips]
             assert sum(m["partitions"] for m in members) == status["partitions"] == 4096
+            rings.add(status["ring"])
+        assert len(rings) == 1  # the same view, the same ring
         # the text form, asked through $MSESSION_NODES as a user would after `export`
         proc = run_cli("status", env={"MSESSION_NODES": nodes_line.split("=", 1)[1]})
         assert proc.returncode == 0, proc.stderr.decode()
