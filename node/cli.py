@@ -252,6 +252,8 @@ def status_table(status: dict[str, Any]) -> str:
         sessions = f"at least {sum(counted)} sessions ({', '.join(unasked)} not counted)"
     seen_by = f"seen by {status.get('name') or '?'} ({status.get('node') or '?'})"
     if not status.get("cluster"):
+        if not members:  # a standalone node lists no members: no table
+            return f"standalone node {status.get('name') or '?'} ({status.get('node') or '?'}): no gossip, no ring\n"
         lines.append(f"standalone node {seen_by}: no gossip, no ring; {sessions}")
         return "\n".join(lines) + "\n"
     total = status.get("partitions", 0)
@@ -261,7 +263,7 @@ def status_table(status: dict[str, Any]) -> str:
     load = f"load max/avg {max(owners) / (assigned / len(owners)):.2f}" if assigned else "load n/a"
     parts = f"{total} partitions" + (f" ({total - assigned} unassigned)" if assigned != total else "")
     summary = (
-        f"ring {status.get('ring', '?')} {seen_by}: {parts}, {len(members)} members "
+        f"ring {status.get('ring', '?')} {seen_by}: {parts}, {len(members)} member{'' if len(members) == 1 else 's'} "
         f"({states['alive']} alive, {states['suspect']} suspect, {states['dead']} dead, {states['left']} left), "
         f"{sessions}, {load}"
     )

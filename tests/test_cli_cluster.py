@@ -20,7 +20,7 @@ from bench.servers import die_with_parent
 from node import cli
 from node import config as config_mod
 from node import farm
-from procs import ROOT
+from procs import ROOT, NodeProcess
 
 
 def run_cli(*args, timeout=30, env=None):
@@ -156,8 +156,14 @@ def test_status_table_standalone_and_empty():
                              "members": [member("solo", 0, parts=4096, sessions=7) | {"gossip": None}]})
     assert rows(text)[0][2] == "-"
     assert text.splitlines()[-1] == "standalone node seen by solo (127.0.0.1:8086): no gossip, no ring; 7 sessions"
+    # what a node started with --gossip-port -1 answers
+    text = cli.status_table({"name": "standalone", "cluster": False, "node": "127.0.0.1:8086", "gossip": None,
+                             "ring": None, "partitions": 0, "health": 0, "members": []})
+    assert text == "standalone node standalone (127.0.0.1:8086): no gossip, no ring\n"
     text = cli.status_table(status_map([]))
     assert len(text.splitlines()) == 2 and "0 members" in text and "load n/a" in text
+    text = cli.status_table(status_map([member("solo", 1, parts=4096, sessions=3)]))
+    assert "4096 partitions, 1 member (1 alive," in text and "100.0%" in text
 
 
 # -- status errors -------------------------------------------------------------------------
@@ -180,6 +186,18 @@ def test_status_of_an_unreachable_node_is_one_line():
             assert answer["error"] == "NOCONNECT" and answer["message"].startswith(f"cannot reach {addr}")
         else:
             assert proc.stdout == b""
+
+
+def test_status_of_a_real_standalone_node():
+    node = NodeProcess("--gossip-port", "-1")
+    try:
+        proc = run_cli("status", "--node", node.address)
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert proc.stdout.decode().startswith("standalone node ") and proc.stdout.count(b"\n") == 1
+        proc = run_cli("--node", node.address, "--json", "status")
+        assert json.loads(proc.stdout)["cluster"] is False
+    finally:
+        node.stop()
 
 
 def test_status_bad_address_is_a_usage_error():
