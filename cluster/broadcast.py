@@ -47,29 +47,35 @@ class BroadcastQueue:
         e = self._entries.get(name)
         return e is not None and e.id == ident
 
-    def take(self, space: int, limit: int, overhead: int = 0) -> list[bytes]:
-        """Entries that fit in ``space`` bytes (each costing ``overhead`` more), counted as sent once more."""
-        if not self._entries or space <= 0:
-            return []
-        if self._dirty:
-            self._order = sorted(self._entries.values(), key=lambda e: (e.transmits, -e.id))
-            self._dirty = False
-        out: list[bytes] = []
-        used = 0
-        taken: list[_Entry] = []
-        for e in self._order:
-            cost = len(e.data) + overhead
-            if used + cost > space:
-                if used + overhead + 16 > space:
-                    break  # nothing useful can fit any more
-                continue
-            used += cost
-            out.append(e.data)
-            taken.append(e)
+    def peek(self, space: int) -> list[bytes]:
+        """What ``take`` would return, without counting it as sent."""
+        return [e.data for e in self._fit(space)]
+
+    def take(self, space: int, limit: int) -> list[bytes]:
+        """Entries that fit in ``space`` bytes, counted as sent once more."""
+        taken = self._fit(space)
         if taken:
             for e in taken:
                 e.transmits += 1
                 if e.transmits >= limit:
                     del self._entries[e.name]
             self._dirty = True
-        return out
+        return [e.data for e in taken]
+
+    def _fit(self, space: int) -> list[_Entry]:
+        if not self._entries or space <= 0:
+            return []
+        if self._dirty:
+            self._order = sorted(self._entries.values(), key=lambda e: (e.transmits, -e.id))
+            self._dirty = False
+        used = 0
+        taken: list[_Entry] = []
+        for e in self._order:
+            cost = len(e.data)
+            if used + cost > space:
+                if used + 16 > space:
+                    break  # nothing useful can fit any more
+                continue
+            used += cost
+            taken.append(e)
+        return taken

@@ -48,10 +48,15 @@ is not judged at all: its ACK may be sitting unread in our socket.
 
 Dissemination. Each update we learn (or make) is queued once per member
 (``broadcast.py``) and piggybacked on our pings, acks and on GOSSIP packets
-sent every ``gossip_interval`` to ``gossip_nodes`` random members (alive,
-suspect, and for ``gossip_to_dead`` seconds also dead ones, so they learn
-they must refute), least-sent and newest first, as many as fit in
-``max_packet``, each ``retransmit_mult x ceil(log10(N + 1))`` times.
+sent every ``gossip_interval`` to ``gossip_nodes`` random live members,
+least-sent and newest first, as many as fit in ``max_packet``, each
+``retransmit_mult x ceil(log10(N + 1))`` times. One more copy, not counted,
+goes to a member declared dead less than ``gossip_to_dead`` ago: if it is
+alive after all, it learns it must refute. An ACK to a ping that carries a
+suspicion always carries our alive update, and so does an ACK relayed for a
+PING_REQ that carried one; a suspect that answers while we still hold the
+old suspicion is probed again at once. So a refutation reaches every
+suspecter even when the epidemic misses it.
 
 Anti-entropy. Every ``push_pull_interval`` (x ``ceil(log2 N - 5) + 1`` above
 32 members) we exchange the full state with one random member that has not
@@ -99,10 +104,12 @@ __all__ = ["GossipConfig", "Member", "SendPacket", "PushPull", "Membership"]
 
 @dataclass(frozen=True)
 class GossipConfig:
-    probe_interval: float = 0.2  # 5 probes/s: first detection ~0.2-0.4 s after a death at N <= 10
-    probe_timeout: float = 0.1  # loopback RTT is < 1 ms; a loop busier than 100 ms goes indirect
+    # docs/membership.md derives the detection bound from these (dead everywhere
+    # within 2 s of a crash at N <= 10; no false positive for stalls of 0.5 s)
+    probe_interval: float = 0.15  # the first probe of a crashed member comes ~0.15 s after
+    probe_timeout: float = 0.075  # loopback RTT is < 1 ms; a loop busier than this goes indirect
     indirect_checks: int = 3
-    suspicion_mult: int = 4  # min suspicion 0.8 s at N <= 10: outlasts a 0.5 s stall + refutation
+    suspicion_mult: int = 4  # min suspicion 0.6 s at N <= 10, k = 2 confirmations
     suspicion_max_mult: int = 6
     gossip_interval: float = 0.1
     gossip_nodes: int = 3
@@ -111,7 +118,7 @@ class GossipConfig:
     dead_reap: float = 60.0  # forget dead/left members after this
     max_packet: int = 1400
     awareness_max: int = 8
-    gossip_to_dead: float = 30.0  # keep gossiping to dead members this long (they may refute)
+    gossip_to_dead: float = 30.0  # keep sending updates to dead members this long (they may refute)
     join_retry: float = 1.0  # retry the seeds this often until one answers
     max_stream: int = 16 * 1024 * 1024  # push-pull frame limit
     probe_suspects_first: bool = True  # probe a member as soon as we hear it is suspect
@@ -213,7 +220,7 @@ class Membership:
         self._probe: _Probe | None = None
         self._failed_probe: _Probe | None = None  # waiting for late NACKs (awareness)
         self._seq = rng.getrandbits(32)
-        self._relays: dict[int, tuple[tuple[str, int], int]] = {}  # our seq -> (requester, its seq)
+        self._relays: dict[int, tuple[tuple[str, int], int, bool]] = {}  # our seq -> (requester, its seq, suspected)
         self._bq = BroadcastQueue()
         self._gone: deque[tuple[float, str]] = deque()  # (since, name) of dead/left, for reaping
         self._timers: list = []
@@ -459,6 +466,11 @@ class Membership:
     def _judge(self, probe: _Probe, now: float) -> None:
         if probe.acked:
             self.awareness.apply(-1)
+            target = self._nodes.get(probe.target)
+            if target is not None and target.state == SUSPECT:
+                # it answers but its refutation has not reached us: ask again (the
+                # ping carries the suspicion, its ack our suspect's alive)
+                self._probe_first[target.name] = None
             return
         self.counters["probe_failures"] += 1
         if probe.expected == 0:
@@ -474,13 +486,17 @@ class Membership:
         self._at(now + c.gossip_interval, "gossip")
         if not len(self._bq):
             return
-        horizon = now - c.gossip_to_dead
-        targets = self._random_others(c.gossip_nodes, lambda n: n.state in _LIVE or n.since > horizon)
         fields = m.gossip_fields(self.name, self.epoch)
-        for t in targets:
+        for t in self._random_others(c.gossip_nodes, lambda n: n.state in _LIVE):
             if not self._send(t.addr, fields, need_updates=True):
-                break
+                return
             self.counters["gossip_packets"] += 1
+        # and a copy, not counted as a transmission, to one recently dead member:
+        # if it is alive after all, it learns it must refute
+        horizon = now - c.gossip_to_dead
+        dead = self._random_others(1, lambda n: n.state == DEAD and n.since > horizon)
+        if dead:
+            self._send(dead[0].addr, fields, need_updates=True, peek=True)
 
     def _on_push_pull(self, now: float, once) -> None:
         c = self.config
@@ -512,7 +528,7 @@ class Membership:
     def _on_relay(self, now: float, seq: int) -> None:
         relay = self._relays.pop(seq, None)
         if relay is not None:
-            requester, their_seq = relay
+            requester, their_seq, _ = relay
             self._send(requester, m.ack_fields(m.NACK, self.name, self.epoch, their_seq))
 
     def _on_suspect(self, now: float, name: str) -> None:
@@ -542,16 +558,22 @@ class Membership:
                 return
             if not known and self.joined and not self._leaving:
                 self._sync_with_stranger(p.sender, src, now)
-            if p.suspicion is not None and p.suspicion >= self._me.incarnation:
-                self._refute(p.suspicion)
-            self._send(src, m.ack_fields(m.ACK, self.name, self.epoch, p.seq))
+            extra = None
+            if p.suspicion is not None:
+                if p.suspicion >= self._me.incarnation:
+                    self._refute(p.suspicion)
+                # the pinger suspects us: whatever the queue holds, answer with our alive
+                extra = m.encode_update(self._me.update())
+            self._send(src, m.ack_fields(m.ACK, self.name, self.epoch, p.seq), extra=extra)
         elif kind == m.ACK:
             probe = self._probe
             if probe is not None and probe.seq == p.seq:
                 probe.acked = True
             elif p.seq in self._relays:
-                requester, their_seq = self._relays.pop(p.seq)
-                self._send(requester, m.ack_fields(m.ACK, self.name, self.epoch, their_seq))
+                requester, their_seq, suspected = self._relays.pop(p.seq)
+                # the requester suspects the target: relay its refutation along with the ack
+                extra = m.encode_update(sender.update()) if suspected and sender.state == ALIVE else None
+                self._send(requester, m.ack_fields(m.ACK, self.name, self.epoch, their_seq), extra=extra)
             else:
                 c["stale_messages"] += 1
         elif kind == m.NACK:
@@ -563,7 +585,7 @@ class Membership:
                 c["stale_messages"] += 1
         elif kind == m.PING_REQ:
             self._seq = (self._seq + 1) & m.MAX_SEQ
-            self._relays[self._seq] = (src, p.seq)
+            self._relays[self._seq] = (src, p.seq, p.suspicion is not None)
             self._send(p.target_addr, m.ping_fields(self.name, self.epoch, self._seq, p.target, p.suspicion))
             self._at(now + self.config.probe_timeout, "relay", self._seq)
 
@@ -644,12 +666,14 @@ class Membership:
             self._suspect(node, inc, accuser, now)
 
     def _suspect(self, node: _Node, inc: int, accuser: str, now: float) -> None:
-        if node.state == SUSPECT and node.suspicion is not None:
-            node.incarnation = max(node.incarnation, inc)
+        was_suspect = node.state == SUSPECT and node.suspicion is not None
+        if was_suspect and inc <= node.suspicion.incarnation:
             if node.suspicion.confirm(accuser):
                 self._at(max(now, node.suspicion.deadline), "suspect", node.name)
                 self._broadcast(node.update(SUSPECT, origin=accuser))
             return
+        # a new suspicion, or one at a higher incarnation: the member refuted the
+        # old one in between (we missed its alive), so the old evidence is void
         c = self.config
         n = self._live
         k = c.suspicion_mult - 2 if n - 2 >= c.suspicion_mult - 2 else 0
@@ -662,7 +686,8 @@ class Membership:
         self.counters["suspicions"] += 1
         if accuser != self.name and c.probe_suspects_first:
             self._probe_first[node.name] = None
-        self._event("suspect", node)
+        if not was_suspect:
+            self._event("suspect", node)
         self._broadcast(node.update(SUSPECT, origin=accuser))
 
     def _declare(self, node: _Node, state: int, inc: int, origin: str, now: float) -> None:
@@ -792,12 +817,17 @@ class Membership:
     def _transmit_limit(self) -> int:
         return self.config.retransmit_mult * math.ceil(math.log10(len(self._nodes) + 1))
 
-    def _send(self, dest: tuple[str, int], fields: list, need_updates: bool = False) -> bool:
+    def _send(
+        self, dest: tuple[str, int], fields: list, need_updates: bool = False, extra: bytes | None = None, peek: bool = False
+    ) -> bool:
         limit = self._transmit_limit()
         taken = []
 
         def take(space: int) -> list[bytes]:
-            taken.extend(self._bq.take(space, limit))
+            if extra is not None:
+                taken.append(extra)
+                space -= len(extra)
+            taken.extend(self._bq.peek(space) if peek else self._bq.take(space, limit))
             return taken
 
         data = m.encode_packet(fields, take, self.config.max_packet)
