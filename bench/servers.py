@@ -8,7 +8,6 @@ them running.
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import os
 import re
@@ -20,6 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from node.farm import die_with_parent  # noqa: F401  (tests import it from here too)
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(rb"msession listening on (\S+):(\d+)")
@@ -46,15 +47,6 @@ def machine_cpu() -> tuple[float, float, float]:
     user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     busy = user + nice + system + irq + softirq
     return busy / CLK_TCK, (idle + iowait) / CLK_TCK, steal / CLK_TCK
-
-
-def die_with_parent() -> None:
-    """Asks the kernel to SIGKILL this process when its parent dies (Linux)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _die_with_parent() -> None:

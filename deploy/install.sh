@@ -33,9 +33,10 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 
-# Reinstall only when pyproject.toml or the wanted extras changed: the install
+# Reinstall only when pyproject.toml, the set of packages or the wanted extras changed: the install
 # is editable, so code changes need none, and a restart needs no network.
-hash=$(sha256sum pyproject.toml | cut -d' ' -f1)
+# The packages count too: an editable install only maps those it saw.
+hash=$( { cat pyproject.toml; ls -d */__init__.py 2>/dev/null; } | sha256sum | cut -d' ' -f1)
 installed=$(cat .venv/.msession-installed 2>/dev/null || true)
 mode=$([ $want_test -eq 1 ] && echo test || echo run)
 # The test install is a superset of the run install.

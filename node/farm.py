@@ -46,8 +46,9 @@ class FarmError(Exception):
     """The farm cannot start or went wrong; the message says what and why."""
 
 
-def _child_setup() -> None:
-    """preexec_fn: SIGKILL this process when the launcher dies (Linux PR_SET_PDEATHSIG)."""
+def die_with_parent() -> None:
+    """preexec_fn: SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG).
+    The benchmark and the tests use it too."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)
@@ -122,7 +123,7 @@ class FarmNode:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "node.cli", *args],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=_child_setup,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
         self._reader = threading.Thread(target=self._copy_stderr, name=f"farm-{name}", daemon=True)
         self._reader.start()
