@@ -264,6 +264,16 @@ class Membership:
             return
         self._send_joins()
 
+    def update_meta(self, meta: dict, now: float) -> None:
+        """Changes our meta; a new incarnation carries it to everyone (an "update" event there)."""
+        if len(m._pack(meta)) > m.MAX_META:
+            raise ValueError(f"member meta must encode to at most {m.MAX_META} bytes")
+        if self._leaving:
+            return
+        self._me.meta = dict(meta)
+        self._me.incarnation += 1
+        self._broadcast(self._me.update())
+
     def leave(self, now: float) -> None:
         if self._leaving:
             return

@@ -246,14 +246,23 @@ class SimCluster:
     def _membership(self, name: str, addr: Addr, meta: dict | None) -> Membership:
         return Membership(name, addr, meta or {}, self.config, self.now, random.Random(self.rng.getrandbits(64)))
 
-    def add(self, name: str, seeds: list[str] | None = None, addr: Addr | None = None, meta: dict | None = None) -> SimHost:
-        """Starts member ``name`` and joins it through ``seeds`` (names; default: the first member)."""
+    def add(
+        self,
+        name: str,
+        seeds: list[str] | None = None,
+        addr: Addr | None = None,
+        meta: dict | None = None,
+        seed_addrs: list[Addr] | None = None,
+    ) -> SimHost:
+        """Starts member ``name`` and joins it through ``seeds`` (names; default:
+        the first member) or ``seed_addrs``."""
         old = self.hosts.get(name)
         if addr is None:
             addr = old.addr if old is not None else self.new_addr()
-        if seeds is None:
-            seeds = [next(iter(self.hosts))] if self.hosts else []
-        seed_addrs = [self.hosts[s].addr for s in seeds if s in self.hosts]
+        if seed_addrs is None:
+            if seeds is None:
+                seeds = [next(iter(self.hosts))] if self.hosts else []
+            seed_addrs = [self.hosts[s].addr for s in seeds if s in self.hosts]
         host = SimHost(name, addr, self._membership(name, addr, meta))
         if old is not None and old.addr != addr:
             name_key = f"{name}@{addr[0]}"  # a second claimant of the name keeps the first's entry
