@@ -1,0 +1,271 @@
+"""Gossip wire messages: round trips, and bad input that must be dropped, counted
+and noted without an exception or a change of state (cluster/messages.py and
+the receiving side of cluster/membership.py)."""
+
+from __future__ import annotations
+
+import random
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cluster import messages as m
+from cluster.membership import GossipConfig, Membership
+
+ADDRS = {"a": ("10.0.0.1", 7946), "b": ("10.0.0.2", 7946), "c": ("10.0.0.3", 7946)}
+
+
+def trio_of_members(now: float = 0.0) -> dict[str, Membership]:
+    ms = {n: Membership(n, a, {"port": 8086}, GossipConfig(), now, random.Random(i)) for i, (n, a) in enumerate(ADDRS.items())}
+    view = [x.self_update() for x in ms.values()]
+    for x in ms.values():
+        x.install(view, now)
+    return ms
+
+
+def snapshot(mem: Membership):
+    return mem.members(), mem.incarnation, mem.health
+
+
+def alive(name: str, inc: int = 0, epoch: int = 1, meta=None) -> m.Update:
+    return m.Update(m.ALIVE, name, inc, epoch, ADDRS.get(name, ("10.9.9.9", 1)), meta or {}, None)
+
+
+def gossip(sender: str, epoch: int, *updates: m.Update) -> bytes:
+    return m.encode_with_updates(m.gossip_fields(sender, epoch), [m.encode_update(u) for u in updates])
+
+
+# --------------------------------------------------------------------------
+# Round trips
+
+
+def test_every_kind_round_trips():
+    u = alive("a", 3, 99, {"port": 1})
+    s = m.Update(m.SUSPECT, "b", 4, 5, ADDRS["b"], None, "a")
+    ups = [m.encode_update(u), m.encode_update(s)]
+    p = m.decode_packet(m.encode_with_updates(m.ping_fields("a", 7, 42, "b", 4), ups))
+    assert (p.kind, p.sender, p.epoch, p.seq, p.target, p.suspicion) == (m.PING, "a", 7, 42, "b", 4)
+    assert p.updates == [u, s]
+    p = m.decode_packet(m.encode_with_updates(m.ack_fields(m.NACK, "c", 1, 9), []))
+    assert (p.kind, p.seq, p.updates) == (m.NACK, 9, [])
+    p = m.decode_packet(m.encode_with_updates(m.ping_req_fields("a", 1, 2, "c", ADDRS["c"], None), ups[:1]))
+    assert (p.kind, p.target, p.target_addr, p.suspicion) == (m.PING_REQ, "c", ADDRS["c"], None)
+    pp = m.decode_push_pull(m.encode_push_pull("a", 1, True, ups))
+    assert (pp.sender, pp.join, pp.entries) == ("a", True, [u, s])
+
+
+def test_packets_are_packed_up_to_max_packet():
+    ups = [m.encode_update(alive(f"member-{i:03d}", meta={"port": i})) for i in range(100)]
+    got = []
+
+    def take(space):
+        out, used = [], 0
+        for u in ups:
+            if used + len(u) <= space:
+                out.append(u)
+                used += len(u)
+        got.extend(out)
+        return out
+
+    data = m.encode_packet(m.gossip_fields("a", 1), take, 1400)
+    assert len(data) <= 1400 and 20 < len(got) < 100
+    assert len(m.decode_packet(data).updates) == len(got)
+
+
+# --------------------------------------------------------------------------
+# Strict decoding
+
+
+VALID = [
+    m.encode_with_updates(m.ping_fields("a", 7, 42, "b", None), [m.encode_update(alive("a"))]),
+    m.encode_with_updates(m.ack_fields(m.ACK, "b", 7, 42), []),
+    m.encode_with_updates(m.ping_req_fields("a", 1, 2, "c", ADDRS["c"], 3), []),
+    gossip("a", 1, alive("c")),
+]
+
+
+@pytest.mark.parametrize("data", VALID)
+def test_every_truncation_is_rejected(data):
+    m.decode_packet(data)
+    for i in range(len(data)):
+        with pytest.raises(m.BadMessage):
+            m.decode_packet(data[:i])
+    with pytest.raises(m.BadMessage):
+        m.decode_packet(data + b"\x00")  # trailing bytes
+
+
+WRONG = [None, True, -1, -(2**63), 1.5, "x" * 300, b"bytes", [], {}, "", msgpack.ExtType(1, b"x")]
+
+
+@pytest.mark.parametrize("data", VALID)
+def test_any_field_of_the_wrong_type_is_rejected(data):
+    msg = msgpack.unpackb(data)
+    for i in range(len(msg)):
+        for bad in WRONG:
+            if i == 6 and msg[1] == m.PING and bad is None:
+                continue  # a ping's suspicion may be nil
+            if i == 8 and msg[1] == m.PING_REQ and bad is None:
+                continue
+            if i == len(msg) - 1 and bad == []:
+                continue  # an empty updates list is fine
+            forged = list(msg)
+            forged[i] = bad
+            with pytest.raises(m.BadMessage):
+                m.decode_packet(msgpack.packb(forged, use_bin_type=True))
+
+
+def test_bad_updates_are_rejected():
+    good = [m.ALIVE, "a", 1, 2, "10.0.0.1", 7946, {}, None]
+    for i, bad in [(0, 4), (0, -1), (1, ""), (2, -1), (3, -5), (2, 2**64 - 1), (4, 5), (5, 70000), (6, []), (6, {1: 2}), (7, 5)]:
+        u = list(good)
+        u[i] = bad
+        with pytest.raises(m.BadMessage):
+            m.decode_packet(msgpack.packb([1, m.GOSSIP, "a", 1, [u]]))
+    with pytest.raises(m.BadMessage):  # meta over MAX_META
+        m.decode_packet(msgpack.packb([1, m.GOSSIP, "a", 1, [good[:6] + [{"k": "v" * 600}, None]]]))
+    with pytest.raises(m.BadMessage):  # wrong arity
+        m.decode_packet(msgpack.packb([1, m.GOSSIP, "a", 1, [good[:7]]]))
+
+
+def test_unknown_versions_and_kinds_are_rejected():
+    for msg in ([2, m.GOSSIP, "a", 1, []], [0, m.GOSSIP, "a", 1, []], ["1", m.GOSSIP, "a", 1, []], [1, 99, "a", 1, []]):
+        with pytest.raises(m.BadMessage):
+            m.decode_packet(msgpack.packb(msg))
+    with pytest.raises(m.BadMessage):  # a push-pull is not a packet
+        m.decode_packet(m.encode_push_pull("a", 1, False, []))
+    with pytest.raises(m.BadMessage):
+        m.decode_push_pull(VALID[0])
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300))
+def test_random_bytes_only_ever_raise_bad_message(data):
+    for decode in (m.decode_packet, m.decode_push_pull):
+        try:
+            decode(data)
+        except m.BadMessage:
+            pass
+
+
+# --------------------------------------------------------------------------
+# The receiving side: counted, noted, state unchanged, nothing raised
+
+
+def bad_packets():
+    yield b""
+    yield b"\xc1"
+    yield msgpack.packb([2, m.GOSSIP, "b", 1, []])  # unknown version
+    yield msgpack.packb({"not": "an array"})
+    yield VALID[0][:-3]
+    yield msgpack.packb([1, m.GOSSIP, "b", 1, [[m.DEAD, "a", 2**64 - 1, 1, "h", 1, None, None]]])
+    yield msgpack.packb([1, m.GOSSIP, "b", 1, [[m.DEAD, "c", 5, 1, "h", 1, None, None], "junk"]])
+
+
+def test_bad_packets_are_counted_and_change_nothing():
+    ms = trio_of_members()
+    a = ms["a"]
+    before = snapshot(a)
+    for i, data in enumerate(bad_packets()):
+        a.receive_packet(data, ADDRS["b"], 1.0)
+        assert a.counters["bad_packets"] == i + 1
+    assert a.counters["bad_version"] == 1
+    assert snapshot(a) == before and not a.take_events()
+    notes = a.take_notes()
+    assert len(notes) == i + 1 and all("dropped a bad packet" in n for n in notes)
+    assert a.take_outgoing() == []
+
+
+def test_oversize_packets_are_dropped_before_decoding():
+    a = trio_of_members()["a"]
+    a.receive_packet(b"\x90" * 1401, ADDRS["b"], 1.0)
+    assert a.counters["oversize"] == 1 and a.counters["bad_packets"] == 0
+    assert a.counters["bytes_in"] == 1401
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000))
+def test_random_packets_and_streams_never_raise_nor_change_state(data):
+    ms = trio_of_members()
+    a = ms["a"]
+    before = snapshot(a)
+    a.receive_packet(data, ADDRS["b"], 1.0)
+    assert a.stream_request(data, ADDRS["c"], 1.0) == b""
+    a.stream_reply(ADDRS["c"], data, 1.0, join=False)
+    assert a.counters["internal_errors"] == 0
+    assert a.counters["bad_packets"] + a.counters["oversize"] == 3
+    assert snapshot(a) == before and not a.take_events()
+
+
+def test_bad_push_pull_is_refused_and_counted():
+    a = trio_of_members()["a"]
+    before = snapshot(a)
+    assert a.stream_request(b"\x00garbage", ADDRS["c"], 1.0) == b""
+    a.stream_reply(ADDRS["c"], msgpack.packb([1, m.PUSH_PULL, "c", 1, "yes", []]), 1.0, join=False)
+    a.stream_reply(ADDRS["c"], b"x" * (GossipConfig().max_stream + 1), 1.0, join=False)
+    assert a.counters["bad_packets"] == 2 and a.counters["oversize"] == 1
+    assert snapshot(a) == before
+
+
+def test_strangers_may_ping_and_introduce_themselves_but_not_accuse():
+    ms = trio_of_members()
+    a = ms["a"]
+    stranger = ("10.0.0.99", 7946)
+    # a suspicion of b from somebody we do not know: ignored
+    accuse = m.Update(m.SUSPECT, "b", 0, ms["b"].epoch, ADDRS["b"], None, "x")
+    a.receive_packet(gossip("x", 5, accuse), stranger, 1.0)
+    assert a.get("b").state == "alive" and a.counters["unknown_sender"] == 1
+    # a ping-req from a stranger: dropped, no ping sent on its behalf
+    a.receive_packet(m.encode_with_updates(m.ping_req_fields("x", 5, 1, "b", ADDRS["b"], None), []), stranger, 1.0)
+    assert a.take_outgoing() == [] and a.counters["unknown_sender"] == 2
+    # an ack from a stranger: dropped
+    a.receive_packet(m.encode_with_updates(m.ack_fields(m.ACK, "x", 5, 1), []), stranger, 1.0)
+    assert a.counters["unknown_sender"] == 3
+    # a ping from a stranger introducing itself: answered, and it is known from now on
+    hello = m.Update(m.ALIVE, "x", 0, 5, stranger, {}, None)
+    a.receive_packet(m.encode_with_updates(m.ping_fields("x", 5, 77, "a", None), [m.encode_update(hello)]), stranger, 1.0)
+    out = a.take_outgoing()
+    acks = [o for o in out if hasattr(o, "data") and o.dest == stranger and not hasattr(o, "join")]
+    assert acks and m.decode_packet(acks[0].data).kind == m.ACK and m.decode_packet(acks[0].data).seq == 77
+    assert a.get("x").state == "alive"
+    assert [k for k, _ in a.take_events()] == ["join"]
+
+
+def test_a_ping_from_a_stranger_without_introduction_starts_a_full_sync():
+    a = trio_of_members()["a"]
+    stranger = ("10.0.0.99", 7946)
+    a.receive_packet(m.encode_with_updates(m.ping_fields("x", 5, 77, "a", None), []), stranger, 1.0)
+    kinds = sorted(type(o).__name__ for o in a.take_outgoing())
+    assert kinds == ["PushPull", "SendPacket"]  # the ack, and a push-pull to learn who it is
+    a.receive_packet(m.encode_with_updates(m.ping_fields("x", 5, 78, "a", None), []), stranger, 1.05)
+    assert [type(o).__name__ for o in a.take_outgoing()] == ["SendPacket"]  # rate-limited
+
+
+def test_replayed_old_packets_are_stale():
+    ms = trio_of_members()
+    a, b = ms["a"], ms["b"]
+    # c suspects b at incarnation 0; b refutes (incarnation 1) and a learns it
+    suspect_b = gossip("c", ms["c"].epoch, m.Update(m.SUSPECT, "b", 0, b.epoch, ADDRS["b"], None, "c"))
+    a.receive_packet(suspect_b, ADDRS["c"], 1.0)
+    assert a.get("b").state == "suspect"
+    b.receive_packet(suspect_b, ADDRS["c"], 1.0)
+    assert b.incarnation == 1 and b.counters["refutations"] == 1
+    refutation = gossip("b", b.epoch, b.self_update())
+    a.receive_packet(refutation, ADDRS["b"], 1.1)
+    assert a.get("b").state == "alive" and a.get("b").incarnation == 1
+    a.take_events()
+    before = snapshot(a)
+    stale = a.counters["stale_messages"]
+    a.receive_packet(suspect_b, ADDRS["c"], 2.0)  # the replay
+    assert a.counters["stale_messages"] == stale + 1
+    assert snapshot(a) == before and not a.take_events()
+    # and an old ack matches no probe we are waiting for
+    a.receive_packet(m.encode_with_updates(m.ack_fields(m.ACK, "b", b.epoch, 12345), []), ADDRS["b"], 2.0)
+    assert a.counters["stale_messages"] == stale + 2
+
+
+def test_a_ping_for_somebody_else_is_not_answered():
+    a = trio_of_members()["a"]
+    a.receive_packet(m.encode_with_updates(m.ping_fields("b", 1, 5, "zed", None), []), ADDRS["b"], 1.0)
+    assert a.counters["wrong_target"] == 1 and a.take_outgoing() == []
