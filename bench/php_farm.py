@@ -17,7 +17,11 @@ clients/php/tests/farm/counter.php, which increments a session counter. Two phas
 Per handler and phase: requests/s, p50 and p99 latency, errors (non-200 or
 failed requests) and consistency violations (answers that are not what a
 lost-nothing session gives: each missing or duplicated increment counts one).
-Handlers: msession's handler (lock mode, clients/php/session.php); phpredis
+Handlers: msession's handler (lock mode, clients/php/session.php, persistent
+connections: msession.persistent=1, the default) on one node ("msession") and
+on a farm of three ("msession-farm3": web server i lists the nodes starting
+from node i, so the two web servers talk to different nodes and a request for
+a session another node owns is forwarded node to node); phpredis
 (``session.save_handler=redis``, ``redis.session.locking_enabled=1``, other
 settings shipped defaults); php-memcached (``session.save_handler=memcached``,
 shipped defaults: locking on). All with session.use_strict_mode=1.
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -43,11 +48,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .servers import BenchError, MsessionServer, RedisServer, _Child, _die_with_parent, find_redis, free_port
+from .servers import DEFAULT_NODE_CMD, BenchError, MsessionServer, RedisServer, _Child, _die_with_parent, find_redis, free_port, proc_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "clients" / "php" / "tests" / "farm"  # the web-farm test's page
-HANDLERS = ("msession", "phpredis", "memcached")
+HANDLERS = ("msession", "msession-farm3", "phpredis", "memcached")
+GOSSIP = re.compile(r"gossip on (\S+):(\d+)")
 SEQ_USERS, BURST_USERS, BURST = 20, 5, 4
 
 
@@ -103,6 +109,18 @@ class PhpServer:
                     raise BenchError(f"php -S did not start: {' '.join(cmd)}")
                 time.sleep(0.05)
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the web server's processes (its process group: the workers included)."""
+        total = 0.0
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.getpgid(int(entry)) == self.proc.pid:
+                        total += proc_cpu_seconds(int(entry))
+                except (OSError, ValueError):
+                    pass  # gone meanwhile
+        return total
+
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
@@ -115,13 +133,69 @@ class PhpServer:
                 pass
 
 
-def handler_ini(handler: str, backend) -> dict:
+class MsessionFarm:
+    """``n`` msession nodes on loopback that found each other through gossip."""
+
+    def __init__(self, n: int):
+        self.nodes: list[MsessionServer] = []
+        try:
+            for i in range(n):
+                seeds = ["--seeds", self.gossip(self.nodes[0])] if self.nodes else []
+                self.nodes.append(MsessionServer(DEFAULT_NODE_CMD + ["--name", f"bench{i + 1}", *seeds]).start())
+            self.wait_converged(n)
+        except BaseException:
+            self.stop()
+            raise
+
+    @staticmethod
+    def gossip(node: MsessionServer) -> str:
+        m = GOSSIP.search(node.log())
+        if m is None:
+            raise BenchError(f"no gossip address in the node's log:\n{node.log()}")
+        return f"{m.group(1)}:{m.group(2)}"
+
+    def wait_converged(self, n: int, timeout: float = 20.0) -> None:
+        from protocol.client import Client
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                views = []
+                for node in self.nodes:
+                    with Client(nodes=[f"127.0.0.1:{node.port}"], timeout=5) as c:
+                        views.append(c.status())
+                if all(sum(m["state"] == "alive" for m in v["members"]) == n for v in views) \
+                        and len({v["ring"] for v in views}) == 1:
+                    return
+            except Exception:  # a node still starting
+                pass
+            time.sleep(0.1)
+        raise BenchError(f"the {n} msession nodes did not form a farm within {timeout} s")
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{node.port}" for node in self.nodes]
+
+    def cpu_seconds(self) -> float:
+        return sum(node.cpu_seconds() for node in self.nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def handler_ini(handler: str, backend, web: int = 0) -> dict:
+    """php.ini settings of web server ``web`` (0 or 1)."""
     ini = {"session.use_strict_mode": "1", "display_errors": "0", "log_errors": "0",
            "opcache.enable_cli": "1"}  # as any production PHP has opcache on
-    addr = f"127.0.0.1:{backend.port}"
-    if handler == "msession":
+    if isinstance(backend, MsessionFarm):
+        nodes = backend.addresses
+        addr = ",".join(nodes[web % len(nodes):] + nodes[: web % len(nodes)])  # web server i starts at node i
+    else:
+        addr = f"127.0.0.1:{backend.port}"
+    if handler.startswith("msession"):
         ini.update({"auto_prepend_file": str(ROOT / "clients/php/session.php"), "session.save_path": addr,
-                    "msession.mode": "lock"})
+                    "msession.mode": "lock", "msession.persistent": "1"})
     elif handler == "phpredis":
         ini.update({"session.save_handler": "redis", "session.save_path": f"tcp://{addr}",
                     "redis.session.locking_enabled": "1"})
@@ -213,18 +287,21 @@ def phase(ports, kind: str, seconds: float) -> dict:
 
 
 def measure(handler: str, seconds: float) -> dict:
-    backend = {"msession": lambda: MsessionServer().start(), "phpredis": lambda: RedisServer(find_redis()).start(),
+    backend = {"msession": lambda: MsessionServer().start(), "msession-farm3": lambda: MsessionFarm(3), "phpredis": lambda: RedisServer(find_redis()).start(),
                "memcached": lambda: MemcachedServer().start()}[handler]()
     webs: list[PhpServer] = []
     try:
-        ini = handler_ini(handler, backend)
-        webs = [PhpServer(ini), PhpServer(ini)]
+        webs = [PhpServer(handler_ini(handler, backend, 0)), PhpServer(handler_ini(handler, backend, 1))]
         ports = [w.port for w in webs]
         for _ in range(50):  # warm up: workers, connections, opcode caches
             request(ports[0], None)
-        cpu0 = backend.cpu_seconds()
-        out = {kind: phase(ports, kind, seconds) for kind in ("sequential", "burst")}
-        out["backend_cpu_s"] = backend.cpu_seconds() - cpu0
+        out = {}
+        for kind in ("sequential", "burst"):
+            cpu0, php0 = backend.cpu_seconds(), sum(w.cpu_seconds() for w in webs)
+            out[kind] = phase(ports, kind, seconds)
+            n = max(1, out[kind]["requests"])
+            out[kind]["server_cpu_ms"] = 1000 * (backend.cpu_seconds() - cpu0) / n
+            out[kind]["php_cpu_ms"] = 1000 * (sum(w.cpu_seconds() for w in webs) - php0) / n
         return out
     finally:
         for w in webs:
@@ -233,14 +310,16 @@ def measure(handler: str, seconds: float) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| handler | phase | req/s | p50 ms | p99 ms | errors | violations |",
-             "|---|---|--:|--:|--:|--:|--:|"]
+    lines = ["| handler | phase | req/s | p50 ms | p99 ms | errors | violations | server CPU ms/req | PHP CPU ms/req |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     for handler in HANDLERS:
+        if handler not in results["runs"][0]:
+            continue
         for kind in ("sequential", "burst"):
             runs = [r[handler][kind] for r in results["runs"]]
             med = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
             lines.append(f"| {handler} | {kind} | {med['req_s']:,.0f} | {med['p50_ms']:.1f} | {med['p99_ms']:.1f} "
-                         f"| {med['errors']:g} | {med['violations']:g} |")
+                         f"| {med['errors']:g} | {med['violations']:g} | {med['server_cpu_ms']:.3f} | {med['php_cpu_ms']:.3f} |")
     return "\n".join(lines)
 
 
@@ -249,12 +328,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds per phase (10)")
     ap.add_argument("--runs", type=int, default=3, help="runs, handlers interleaved; the table shows medians (3)")
     ap.add_argument("--json", help="write every run's figures to this file")
+    ap.add_argument("--handlers", default=",".join(HANDLERS), help=f"comma-separated subset of {','.join(HANDLERS)}")
     ns = ap.parse_args(argv)
+    handlers = [h for h in HANDLERS if h in ns.handlers.split(",")]
     results = {"seconds": ns.seconds, "runs": []}
     try:
         for run in range(ns.runs):
             figures = {}
-            for handler in HANDLERS:
+            for handler in handlers:
                 figures[handler] = measure(handler, ns.seconds)
                 print(f"run {run + 1} {handler}: " + json.dumps(figures[handler]), file=sys.stderr)
             results["runs"].append(figures)

@@ -24,8 +24,19 @@ namespace Msession;
  * An idle connection the node has closed is noticed before reuse (it is
  * readable) and replaced; nothing was sent on it.
  *
+ * Persistent connections (option persistent, as phpredis's pconnect): the
+ * connection outlives the PHP request and is reused by the next request the
+ * same process (php-fpm/php -S worker) serves, with no connect and no HELLO;
+ * Clients of one process talking to the same node share it (PHP keys
+ * persistent sockets by address; requests never interleave on it, as PHP runs
+ * one exchange at a time). Before reuse it is checked: closed by the node
+ * while idle (readable: EOF or a last error) or left mid-exchange by a request
+ * that died (a shutdown function closes those) means a fresh connection,
+ * nothing having been sent on the old one. close() keeps a healthy persistent
+ * connection open; close(true) closes it.
+ *
  * Options: timeout (seconds per request, 10; an SLOCK gets its wait on top),
- * connect_timeout (2), max_answer (bytes, 256 MiB).
+ * connect_timeout (2), max_answer (bytes, 256 MiB), persistent (false).
  */
 final class Client
 {
@@ -36,8 +47,13 @@ final class Client
     public float $timeout;
     public float $connectTimeout;
     public int $maxAnswer;
-    /** The current node's HELLO answer (version, max_frame, ...). */
+    public readonly bool $persistent;
+    /** The current node's HELLO answer (version, max_frame, ...); [] on a reused persistent connection until needed. */
     public array $serverInfo = [];
+
+    /** @var array<int, resource> persistent sockets in the middle of an exchange (this PHP request) */
+    private static array $inFlight = [];
+    private static bool $shutdownGuard = false;
 
     /** @var resource|null */
     private $sock = null;
@@ -53,6 +69,8 @@ final class Client
         $this->timeout = (float)($options['timeout'] ?? 10.0);
         $this->connectTimeout = (float)($options['connect_timeout'] ?? 2.0);
         $this->maxAnswer = (int)($options['max_answer'] ?? 256 * 1024 * 1024);
+        $this->persistent = (bool)($options['persistent'] ?? false);
+        $this->nextId = random_int(1, 1 << 30);  // a shared persistent socket never sees one id twice
     }
 
     public function __destruct()
@@ -109,21 +127,56 @@ final class Client
         return $this->addr;
     }
 
-    public function close(): void
+    /**
+     * Ends this client's use of the connection. A healthy persistent
+     * connection stays open for the next request of this process, unless
+     * $force.
+     */
+    public function close(bool $force = false): void
+    {
+        if ($this->sock !== null && $this->persistent && !$force && $this->buf === ''
+            && is_resource($this->sock) && !isset(self::$inFlight[(int)$this->sock])) {
+            $this->sock = null;
+            $this->addr = null;
+            return;
+        }
+        $this->drop();
+    }
+
+    /** Closes the socket for real (a persistent one too). */
+    private function drop(): void
     {
         if ($this->sock !== null) {
-            @fclose($this->sock);
+            if (is_resource($this->sock)) {
+                unset(self::$inFlight[(int)$this->sock]);
+                @fclose($this->sock);
+            }
             $this->sock = null;
             $this->addr = null;
         }
         $this->buf = '';
     }
 
+    /**
+     * @internal Shutdown function: a persistent socket left in the middle of an
+     * exchange (the request died: fatal error, max_execution_time) holds
+     * unread answers or half a request; it must not serve the next request.
+     */
+    public static function closeAbandoned(): void
+    {
+        foreach (self::$inFlight as $sock) {
+            if (is_resource($sock)) {
+                @fclose($sock);
+            }
+        }
+        self::$inFlight = [];
+    }
+
     /** Connects now (to the first node that answers) unless connected. */
     public function connect(): void
     {
         if ($this->sock === null || $this->stale()) {
-            $this->close();
+            $this->drop();
             $this->open();
         }
     }
@@ -173,7 +226,7 @@ final class Client
             try {
                 return $this->roundTrip($requests, $timeout);
             } catch (NotExecuted $e) {
-                $this->close();
+                $this->drop();
                 if (in_array($e->error->getErrorName(), ['TIMEOUT', 'BADCONN'], true) && $sameNodeRetries > 0) {
                     $sameNodeRetries--;
                     continue;
@@ -183,7 +236,7 @@ final class Client
                 }
                 $this->failedOver();
             } catch (ConnectionFailed $e) {
-                $this->close();
+                $this->drop();
                 if (!$safe) {
                     throw new MsessionException('BADCONN', 'node failed during a request that may have been applied: ' . $e->getMessage());
                 }
@@ -192,7 +245,7 @@ final class Client
                 }
                 $this->failedOver();
             } catch (MsessionException $e) {
-                $this->close();  // a connection-level error answer: the node closes it
+                $this->drop();  // a connection-level error answer: the node closes it
                 throw $e;
             }
         }
@@ -211,19 +264,30 @@ final class Client
             $index = ($this->current + $i) % $n;
             [$host, $port] = $this->nodes[$index];
             $target = str_contains($host, ':') ? "[$host]:$port" : "$host:$port";
-            $ctx = stream_context_create(['socket' => ['tcp_nodelay' => true]]);
-            $sock = @stream_socket_client("tcp://$target", $errno, $errstr, $this->connectTimeout, STREAM_CLIENT_CONNECT, $ctx);
+            $sock = $this->socket($target, $errno, $errstr);
+            if ($sock !== false && $this->persistent && ftell($sock) > 0) {
+                // A persistent connection an earlier request used (it sent HELLO).
+                $this->sock = $sock;
+                $this->buf = '';
+                if (!$this->stale()) {
+                    $this->serverInfo = [];  // asked for only if a request needs max_frame
+                    $this->current = $index;
+                    $this->addr = $target;
+                    return;
+                }
+                $this->drop();  // closed by the node while idle, or abandoned: nothing was sent on it
+                $sock = $this->socket($target, $errno, $errstr);
+            }
             if ($sock === false) {
                 $errors[] = "$target: " . ($errstr ?: "error $errno");
                 continue;
             }
-            stream_set_blocking($sock, false);
             $this->sock = $sock;
             $this->buf = '';
             try {
                 [$hello] = $this->roundTrip([[Protocol::HELLO, [Protocol::VERSION]]], $this->connectTimeout);
             } catch (ConnectionFailed | NotExecuted $e) {
-                $this->close();
+                $this->drop();
                 $errors[] = "$target: " . $e->getMessage();
                 continue;
             }
@@ -235,10 +299,26 @@ final class Client
         throw new MsessionException('NOCONNECT', 'no node answered (' . implode('; ', $errors) . ')');
     }
 
-    /** A node closes idle connections: a readable idle socket means EOF or a last error. */
+    /** @return resource|false a connected non-blocking socket (persistent: maybe an earlier request's) */
+    private function socket(string $target, ?int &$errno, ?string &$errstr)
+    {
+        $ctx = stream_context_create(['socket' => ['tcp_nodelay' => true]]);
+        $flags = $this->persistent ? STREAM_CLIENT_CONNECT | STREAM_CLIENT_PERSISTENT : STREAM_CLIENT_CONNECT;
+        $sock = @stream_socket_client("tcp://$target", $errno, $errstr, $this->connectTimeout, $flags, $ctx);
+        if ($sock !== false) {
+            stream_set_blocking($sock, false);
+        }
+        return $sock;
+    }
+
+    /**
+     * Not fit for a new request: closed (by another Client sharing the
+     * persistent socket), left mid-exchange, or readable while idle (a node
+     * closes idle connections: EOF or a last error).
+     */
     private function stale(): bool
     {
-        if ($this->buf !== '' || feof($this->sock)) {
+        if ($this->buf !== '' || !is_resource($this->sock) || isset(self::$inFlight[(int)$this->sock])) {
             return true;
         }
         $r = [$this->sock];
@@ -258,11 +338,24 @@ final class Client
         foreach ($requests as [$cmd, $args]) {
             $id = $this->nextId++;
             $frame = Protocol::request($id, $cmd, $args);
+            if (strlen($frame) - 4 > $maxFrame && !$this->serverInfo) {
+                // A reused persistent connection: ask the node its max_frame (nothing of this batch went out yet).
+                $this->serverInfo = self::result($this->roundTrip([[Protocol::HELLO, [Protocol::VERSION]]], $this->connectTimeout)[0], null);
+                $maxFrame = (int)($this->serverInfo['max_frame'] ?? 4194304);
+            }
             if (strlen($frame) - 4 > $maxFrame) {
                 throw new MsessionException('BADLEN', sprintf('request of %d bytes exceeds the node\'s max_frame of %d', strlen($frame) - 4, $maxFrame));
             }
             $ids[$id] = count($ids);
             $out .= $frame;
+        }
+        if ($this->persistent) {
+            // Until every answer is in, the socket is unfit for anyone else (see closeAbandoned()).
+            self::$inFlight[(int)$this->sock] = $this->sock;
+            if (!self::$shutdownGuard) {
+                self::$shutdownGuard = true;
+                register_shutdown_function([self::class, 'closeAbandoned']);
+            }
         }
         $answers = [];
         $sent = 0;
@@ -317,6 +410,9 @@ final class Client
                     }
                 }
             }
+        }
+        if ($this->persistent) {
+            unset(self::$inFlight[(int)$this->sock]);
         }
         ksort($answers);
         return $answers;

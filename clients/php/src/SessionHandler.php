@@ -21,9 +21,14 @@ namespace Msession;
  * session); every command restarts it; the node expires sessions, gc() does
  * nothing.
  *
- * Round trips: read() is one (lock mode: SLOCK + TIMEOUT + GETALL pipelined),
- * write() one: only the keys whose serialized value changed since read() (and
- * tombstones for removed keys), with SETVAL's map form (atomic), plus SUNLOCK.
+ * Round trips: two per request on a persistent connection (the default),
+ * none to connect. read() is one (lock mode: SLOCK + TIMEOUT + GETALL
+ * pipelined); under session.use_strict_mode, validateId() sends that same
+ * batch (an id is valid if GETALL finds the session) and read() of that id
+ * uses its answers, so validateId + read are one round trip (an unknown id
+ * costs one more, to release its lock). write() is one: only the keys whose
+ * serialized value changed since read() (and tombstones for removed keys),
+ * with SETVAL's map form (atomic), plus SUNLOCK.
  *
  * mode "lock" (default): read() takes the session's lock (SLOCK, waiting on
  * the node, first come first served, no polling) and reads it in the same
@@ -45,6 +50,7 @@ namespace Msession;
  *   lock_wait   MSESSION_LOCK_WAIT   msession.lock_wait   seconds (lock_lease + 5, at most 300)
  *   sid_length  MSESSION_SID_LENGTH  msession.sid_length  characters of new ids (32)
  *   timeout     MSESSION_TIMEOUT     msession.timeout     seconds per request (10)
+ *   persistent  MSESSION_PERSISTENT  msession.persistent  1: keep connections across requests (1)
  *   nodes       (none)               (none)               node list; default session.save_path
  */
 final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \SessionUpdateTimestampHandlerInterface
@@ -56,6 +62,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     public readonly float $lockWait;
     public readonly int $sidLength;
     public readonly float $timeout;
+    public readonly bool $persistent;
     private ?string $nodes;
     private ?Client $client = null;
     /** @var array<string, array{0:int, 1:float}> session id => [lock key, time the SLOCK was sent] */
@@ -64,6 +71,8 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     private array $seen = [];
     /** @var array<string, bool> session id => it existed when read */
     private array $existed = [];
+    /** validateId()'s read batch, for read(): [id, lock key, vars, time sent], or [id, the MsessionException] */
+    private ?array $prefetched = null;
 
     public function __construct(array $options = [])
     {
@@ -77,6 +86,9 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         $this->lockWait = min(300.0, (float)self::setting($options, 'lock_wait', $this->lockLease + 5));
         $this->sidLength = (int)self::setting($options, 'sid_length', 32);
         $this->timeout = (float)self::setting($options, 'timeout', 10);
+        $persistent = self::setting($options, 'persistent', true);
+        $this->persistent = is_bool($persistent) ? $persistent
+            : !in_array(strtolower(trim((string)$persistent)), ['0', 'off', 'no', 'false', 'none'], true);
         $this->nodes = isset($options['nodes']) ? (is_array($options['nodes']) ? implode(',', $options['nodes']) : (string)$options['nodes']) : null;
         if ($this->lockLease <= 0 || $this->lockWait < 0 || $this->sidLength < 1) {
             throw new \InvalidArgumentException('msession: lock_lease must be > 0, lock_wait >= 0, sid_length >= 1');
@@ -103,7 +115,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     public function client(): Client
     {
         if ($this->client === null) {
-            $this->client = new Client($this->nodes ?? '127.0.0.1:8086', ['timeout' => $this->timeout]);
+            $this->client = new Client($this->nodes ?? '127.0.0.1:8086', ['timeout' => $this->timeout, 'persistent' => $this->persistent]);
         }
         return $this->client;
     }
@@ -113,7 +125,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         $nodes = $this->nodes ?? trim($path);
         $nodes = $nodes === '' ? '127.0.0.1:8086' : $nodes;
         if ($this->client === null || $this->client->nodes !== Client::parseNodes($nodes)) {
-            $this->client = new Client($nodes, ['timeout' => $this->timeout]);
+            $this->client = new Client($nodes, ['timeout' => $this->timeout, 'persistent' => $this->persistent]);
         }
         return true;
     }
@@ -129,26 +141,49 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
             }
         }
         $this->locks = $this->seen = $this->existed = [];
-        $this->client?->close();
+        $this->prefetched = null;
+        $this->client?->close();  // a persistent connection stays open for the next request
         return $ok;
+    }
+
+    /**
+     * The read batch: lock mode SLOCK + TIMEOUT + GETALL, merge mode TIMEOUT +
+     * GETALL. [lock key (or null), GETALL's answer or its MsessionException, time sent].
+     */
+    private function fetch(string $id): array
+    {
+        $sent = microtime(true);
+        if ($this->mode === 'lock') {
+            [$key, , $vars] = $this->client()->pipeline()
+                ->lock($id, $this->lockWait, $this->lockLease)
+                ->timeout($id, self::ttl())
+                ->getArray($id)
+                ->execute(false);
+            if ($key instanceof MsessionException) {
+                throw $key;
+            }
+            return [$key, $vars, $sent];
+        }
+        [, $vars] = $this->client()->pipeline()->timeout($id, self::ttl())->getArray($id)->execute(false);
+        return [null, $vars, $sent];
     }
 
     public function read(string $id): string|false
     {
         try {
-            if ($this->mode === 'lock') {
-                $sent = microtime(true);
-                [$key, , $vars] = $this->client()->pipeline()
-                    ->lock($id, $this->lockWait, $this->lockLease)
-                    ->timeout($id, self::ttl())
-                    ->getArray($id)
-                    ->execute(false);
-                if ($key instanceof MsessionException) {
-                    throw $key;
+            if ($this->prefetched !== null && $this->prefetched[0] === $id) {
+                $prefetched = $this->prefetched;
+                $this->prefetched = null;
+                if ($prefetched[1] instanceof MsessionException) {
+                    throw $prefetched[1];
                 }
-                $this->locks[$id] = [$key, $sent];
+                [, $key, $vars, $sent] = $prefetched;  // validateId() read it, lock included
             } else {
-                [, $vars] = $this->client()->pipeline()->timeout($id, self::ttl())->getArray($id)->execute(false);
+                [$key, $vars, $sent] = $this->fetch($id);
+            }
+            $this->prefetched = null;
+            if ($key !== null) {
+                $this->locks[$id] = [$key, $sent];
             }
         } catch (MsessionException $e) {
             $why = $e->getErrorName() === 'LOCKED'
@@ -228,18 +263,44 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         return $this->client()->uniq($this->sidLength);
     }
 
-    /** For session.use_strict_mode: only ids of existing sessions are accepted. */
+    /**
+     * For session.use_strict_mode: only ids of existing sessions are accepted.
+     * PHP calls read() of a valid id right after, so this sends read()'s batch
+     * (taking the lock in lock mode) and keeps the answers for it: validateId
+     * and read cost one round trip. An unknown id's lock is released at once.
+     */
     public function validateId(string $id): bool
     {
         try {
-            return $this->client()->ctl($id, 'EXIST') === 1;
+            [$key, $vars, $sent] = $this->fetch($id);
         } catch (MsessionException $e) {
             if ($e->getErrorName() === 'BADARG') {
                 return false;
             }
-            $this->fail("cannot validate session id: " . $e->getMessage());
+            // Not a verdict on the id (LOCKED after lock_wait, no node...): read() reports it,
+            // rather than PHP giving the user a new, empty session.
+            $this->prefetched = [$id, $e];
+            return true;
+        }
+        if (!$vars instanceof MsessionException) {
+            $this->prefetched = [$id, $key, $vars, $sent];  // close() releases the lock if read() never comes
+            if ($key !== null) {
+                $this->locks[$id] = [$key, $sent];
+            }
+            return true;
+        }
+        if ($key !== null) {
+            try {
+                $this->client()->unlock($id, $key);
+            } catch (MsessionException $e) {
+                // NOWLOCK/LOCKED: the lease ran out meanwhile; the lock is not ours any more
+            }
+        }
+        if ($vars->getErrorName() === 'NOSESSION' || $vars->getErrorName() === 'BADARG') {
             return false;
         }
+        $this->fail("cannot validate session id: " . $vars->getMessage());
+        return false;
     }
 
     /**

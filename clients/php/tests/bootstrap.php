@@ -26,3 +26,56 @@ function msession_test_id(string $prefix = 't'): string
 {
     return $prefix . bin2hex(random_bytes(8));
 }
+
+/**
+ * Starts a node of our own (for the tests that stop or restart one): the
+ * command MSESSION_TEST_SERVE gives (a JSON list, e.g. ["python", "-m",
+ * "node.cli", "serve"], run from MSESSION_TEST_ROOT), on 127.0.0.1:$port.
+ * $env: its MSESSION_* settings (MSESSION_IDLE_TIMEOUT ...). The test is
+ * skipped without MSESSION_TEST_SERVE (tests/test_php.py sets it).
+ * @return resource the proc_open handle (stop it with msession_test_stop)
+ */
+function msession_test_serve(int $port, array $env = [])
+{
+    $cmd = json_decode((string)getenv('MSESSION_TEST_SERVE'), true);
+    if (!is_array($cmd) || !$cmd) {
+        throw new PHPUnit\Framework\SkippedTestError('MSESSION_TEST_SERVE is not set (tests/test_php.py sets it)');
+    }
+    $full = [];
+    foreach (getenv() as $k => $v) {
+        if (!str_starts_with($k, 'MSESSION_')) {
+            $full[$k] = $v;
+        }
+    }
+    $cmd = array_merge($cmd, ['--bind', '127.0.0.1', '--port', (string)$port, '--gossip-port', '0']);
+    $proc = proc_open($cmd, [0 => ['file', '/dev/null', 'r'], 1 => ['file', '/dev/null', 'w'], 2 => ['file', '/dev/null', 'w']],
+        $pipes, getenv('MSESSION_TEST_ROOT') ?: null, $env + $full);
+    $deadline = microtime(true) + 20;
+    while (microtime(true) < $deadline) {
+        $s = @stream_socket_client("tcp://127.0.0.1:$port", $errno, $errstr, 0.5);
+        if ($s) {
+            fclose($s);
+            return $proc;
+        }
+        if (!proc_get_status($proc)['running']) {
+            break;
+        }
+        usleep(50000);
+    }
+    msession_test_stop($proc);
+    throw new RuntimeException("the node did not start on port $port: " . implode(' ', $cmd));
+}
+
+/** Stops a node msession_test_serve() started (SIGTERM, then SIGKILL), and waits for it. */
+function msession_test_stop($proc): void
+{
+    proc_terminate($proc, 15);
+    $deadline = microtime(true) + 10;
+    while (proc_get_status($proc)['running'] && microtime(true) < $deadline) {
+        usleep(20000);
+    }
+    if (proc_get_status($proc)['running']) {
+        proc_terminate($proc, 9);
+    }
+    proc_close($proc);
+}
