@@ -29,7 +29,7 @@ import statistics
 import time
 
 from cluster.membership import GossipConfig
-from cluster.sim import SimCluster
+from cluster.sim import SimCluster, crash_run
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -119,16 +119,7 @@ def detection(runs: int, n: int, seed0: int = 0) -> dict:
     """Crash to "dead" at the last member, over ``runs`` seeded runs of ``n`` members."""
     worst = []
     for seed in range(seed0, seed0 + runs):
-        c = SimCluster(seed=seed)
-        names = c.start(n)
-        c.run_until(3.0 + c.rng.random())
-        victim = names[c.rng.randrange(n)]
-        t0 = c.now
-        c.kill(victim)
-        c.run_for(5.0)
-        dead: dict[str, float] = {}
-        for t, obs, _ in c.events("dead", victim):
-            dead.setdefault(obs, t - t0)
+        _, _, _, dead = crash_run(n, seed)
         worst.append(max(dead.values()) if len(dead) == n - 1 else float("inf"))
     return {
         "members": n,

@@ -76,14 +76,15 @@ live claimants keep the first and report a ``"conflict"`` event.
 Untrusted input. Every packet is decoded strictly (``messages.py``); a bad
 one is counted and noted, never raised. A packet is from a *known* sender
 when its sender name is a member we know at the packet's source address.
-From anybody else we answer a PING (SWIM lets a new member probe before it
-is known) and accept only the update the sender makes about itself (its
-alive at its own address, how a newcomer introduces itself); other updates
-and all ACK, NACK and PING_REQ packets from strangers are dropped and
-counted as ``unknown_sender``. ACKs and NACKs must match a sequence number
-we are waiting for (the numbers start at random), so replayed acks are
-stale; replayed updates carry incarnations we already passed, so they are
-stale too and counted.
+From anybody else we take only what a join needs: we answer a PING (SWIM
+lets a new member probe before it is known; we also start one rate-limited
+push-pull with it, since we evidently missed its join) and we accept alive
+updates (news of members); its suspect, dead and left updates and its ACK,
+NACK and PING_REQ packets are dropped and counted as ``unknown_sender``. A
+stranger can make us learn of members, never suspect or forget one. ACKs
+and NACKs must match a sequence number we are waiting for (the numbers
+start at random), so replayed acks are stale; replayed updates carry
+incarnations we already passed, so they are stale too and counted.
 """
 
 from __future__ import annotations

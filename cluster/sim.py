@@ -351,3 +351,20 @@ class SimCluster:
 
     def events(self, kind: str, member: str | None = None) -> list[tuple[float, str, Member]]:
         return [(t, obs, mm) for t, obs, k, mm in self.log if k == kind and (member is None or mm.name == member)]
+
+
+def crash_run(n: int, seed: int, config: GossipConfig | None = None, after: float = 5.0):
+    """Starts ``n`` members, lets them settle 3-4 s, kills one at random and runs
+    ``after`` seconds more. Returns ``(cluster, victim, kill_time, delays)``,
+    ``delays`` mapping each member that marked the victim dead to how long it took."""
+    c = SimCluster(seed=seed, config=config)
+    names = c.start(n)
+    c.run_until(3.0 + c.rng.random())
+    victim = names[c.rng.randrange(n)]
+    t0 = c.now
+    c.kill(victim)
+    c.run_for(after)
+    delays: dict[str, float] = {}
+    for t, obs, _ in c.events("dead", victim):
+        delays.setdefault(obs, t - t0)
+    return c, victim, t0, delays

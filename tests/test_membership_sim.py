@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cluster.membership import GossipConfig
-from cluster.sim import SimCluster
+from cluster.sim import SimCluster, crash_run
 from cluster.suspicion import suspicion_bounds
 
 CFG = GossipConfig()
@@ -66,17 +66,8 @@ def crash_times(n: int, seed: int) -> tuple[dict[str, float], float, float]:
     """Kills one member of a converged cluster of ``n``; returns each other
     member's delay to mark it dead, the delay of the first suspicion, and the
     delay from the first suspicion to the last "dead"."""
-    c = SimCluster(seed=seed)
-    names = c.start(n)
-    c.run_until(3.0 + c.rng.random())
-    victim = names[c.rng.randrange(n)]
-    t0 = c.now
-    c.kill(victim)
-    c.run_for(5.0)
-    dead: dict[str, float] = {}
-    for t, obs, _ in c.events("dead", victim):
-        dead.setdefault(obs, t - t0)
-    assert sorted(dead) == sorted(set(names) - {victim}), "not declared dead everywhere"
+    c, victim, t0, dead = crash_run(n, seed)
+    assert sorted(dead) == sorted(set(c.hosts) - {victim}), "not declared dead everywhere"
     assert all(m.name == victim for _, _, m in c.events("dead")), "a false positive"
     first_suspect = min(t for t, _, _ in c.events("suspect", victim)) - t0
     no_errors(c)
