@@ -61,8 +61,10 @@ suspecter even when the epidemic misses it.
 Anti-entropy. Every ``push_pull_interval`` (x ``ceil(log2 N - 5) + 1`` above
 32 members) we exchange the full state with one random member that has not
 left, dead ones included (so two halves of a healed partition find each
-other again). Joining is the same exchange with the seeds; it is retried
-every ``join_retry`` seconds until one answers. Remote "dead" entries are
+other again), and also with one of our seeds if we hold it dead or have
+forgotten it (so halves that reaped each other do too). Joining is the same
+exchange with the seeds; it is retried every ``join_retry`` seconds until
+one answers. Remote "dead" entries are
 merged as suspicions: a member is only declared dead by a local timer.
 
 Identity. A node draws a random 64-bit *epoch* at start. An update about
@@ -521,6 +523,13 @@ class Membership:
         if peers:
             self.counters["push_pulls"] += 1
             self._push_pull(peers[0].addr, False)
+        if self._seeds:
+            # a seed we hold dead or no longer know (a partition outlasted dead_reap?): try it
+            live = {x.addr for x in self._nodes.values() if x.state in _LIVE}
+            lost = [s for s in self._seeds if s not in live]
+            if lost:
+                self.counters["push_pulls"] += 1
+                self._push_pull(self.rng.choice(lost), False)
 
     def _on_join_retry(self, now: float, _arg) -> None:
         if not self.joined and not self._leaving and self._join_pending == 0 and self._seeds:

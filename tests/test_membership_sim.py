@@ -308,3 +308,15 @@ def test_scale_bench_smoke():
         assert r["gossip_rounds"]["max"] < 30
     assert result["false_dead"] == 0 and result["internal_errors"] == 0
     assert result["steady"]["bytes_per_member_s"] > 0
+
+
+def test_a_partition_that_outlasts_dead_reap_heals_through_the_seeds():
+    cfg = GossipConfig(dead_reap=5.0, push_pull_interval=5.0)
+    c = SimCluster(seed=13, config=cfg)
+    names = c.start(8)  # all joined through names[0]
+    assert c.run_until_converged(5.0) is not None
+    c.partition(names[:4], names[4:])
+    c.run_for(15.0)
+    assert len(c.hosts[names[5]].mem.members()) == 4  # the other half is forgotten
+    c.heal()
+    assert c.run_until_converged(4 * cfg.push_pull_interval) is not None, c.views()
