@@ -10,7 +10,9 @@
  * (or `require '/path/to/clients/php/session.php';` before session_start()).
  * The node list is read from session.save_path when the session opens
  * (default 127.0.0.1:8086). The settings msession.mode, msession.lock_lease,
- * msession.lock_wait, msession.sid_length and msession.timeout are read with
+ * msession.lock_wait, msession.sid_length, msession.timeout and
+ * msession.persistent (1, the default: connections outlive the request and
+ * are reused by the worker's next one) are read with
  * get_cfg_var() (php.ini or `php -d`), and are overridden by the environment
  * variables MSESSION_MODE, MSESSION_LOCK_LEASE, ... (see
  * src/SessionHandler.php and README.md).
