@@ -49,6 +49,8 @@ log = logging.getLogger("msession.cluster")
 HANDOFF_BATCH = 500  # sessions per HANDOFF request
 TAKE_WINDOW = 60.0  # seconds a new owner asks the previous one for sessions it lacks
 TAKE_TIMEOUT = 2.0
+JOIN_GRACE = 5.0  # seconds a starting node with seeds waits to join before serving alone
+SETTLE_TIME = 3.0  # seconds a client's request may wait for the farm's view to settle
 STREAM_TIMEOUT = 5.0  # a push-pull exchange
 UDP_READ = 65536
 _LEN = struct.Struct(">I")
@@ -77,6 +79,7 @@ class Cluster:
         self.ring: Ring = ring_for([])
         self._peers: dict[str, tuple[tuple[str, int], AsyncClient]] = {}
         self._previous: dict[int, tuple[str, float]] = {}  # partition -> (previous owner, since)
+        self._moving: dict[bytes, list] = {}  # sessions on their way to a new owner
         self._udp: socket.socket | None = None
         self._tcp: trio.SocketListener | None = None
         self._wake = trio.Event()
@@ -88,6 +91,7 @@ class Cluster:
         self.counters = {
             "forwarded": 0, "forward_errors": 0, "refused_hops": 0, "gathers": 0,
             "sessions_handed_off": 0, "sessions_received": 0, "takes": 0, "handoff_errors": 0,
+            "view_retries": 0,
         }
         node.info_providers.append(self._info)
 
@@ -255,7 +259,11 @@ class Cluster:
                 reply = m.stream_request(data, peer, trio.current_time())
                 self._after()
                 await stream.send_all(_LEN.pack(len(reply)) + reply)
+        except _Oversize as exc:
+            m.counters["oversize"] += 1
+            self._log.info("gossip: push-pull from a peer dropped: %s", exc)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError) as exc:
+            m.counters["bad_packets"] += 1  # truncated, too slow, or closed mid-frame
             self._log.info("gossip: push-pull from a peer failed: %s", exc or type(exc).__name__)
         finally:
             await trio.aclose_forcefully(stream)
@@ -269,10 +277,12 @@ class Cluster:
         old, new = self.ring, ring_for(live)
         self.ring = new
         now = trio.current_time()
-        if len(old):
-            for p, (was, now_owner) in enumerate(zip(old.owners, new.owners)):
-                if now_owner == self.name and was != self.name and was is not None:
-                    self._previous[p] = (was, now)
+        if set(old.members) <= {self.name}:
+            # We just joined (or rejoined): our partitions were the others'.
+            old = ring_for(set(live) - {self.name})
+        for p, (was, now_owner) in enumerate(zip(old.owners, new.owners)):
+            if now_owner == self.name and was != self.name and was is not None:
+                self._previous[p] = (was, now)
         log.info("ring %s: %d members", new.id, len(new))
         self._handoff_due.set()
 
@@ -307,13 +317,22 @@ class Cluster:
         (or ``RUN_LOCAL``). Raises CommandError for a request refused here."""
         if cmd in (Cmd.STATUS, Cmd.HANDOFF, Cmd.TAKE, Cmd.UNIQ):
             return self._special(cmd, args, hops)
+        if not self._ready() and (cmd in router.KEYED or cmd in router.GATHER):
+            # Members may already route to us, but our view is not the farm's yet.
+            if hops:
+                raise CommandError("BUSY", f"member {self.name} is still joining the farm: retry")
+            return lambda: self._after_join(cmd, args)
         where, owner = router.plan(cmd, args, hops, self.ring, self.name)
         if where == router.LOCAL:
             sid = router.session_of(args) if cmd in router.KEYED else None
             if sid is not None and self._previous and self._missing(sid):
+                if hops == 0:
+                    return lambda: self._settled(cmd, args, None)
                 return lambda: self._take_then_local(sid)
             return None
         if where == router.FORWARD:
+            if hops == 0:
+                return lambda: self._settled(cmd, args, owner)
             return lambda: self.forward(owner, hops + 1, cmd, args)
         if where == router.REFUSE:
             self.counters["refused_hops"] += 1
@@ -332,6 +351,48 @@ class Cluster:
         if hops > 0:
             return None  # an UNIQ forwarded by an older member: create here
         return lambda: self.uniq(args)
+
+    def _ready(self) -> bool:
+        """Joined the farm, or gave the seeds ``JOIN_GRACE`` seconds (a farm's
+        first node may list seeds that are not up yet: it then serves alone)."""
+        if self.membership.joined or trio.current_time() - self._started > JOIN_GRACE:
+            self._ready = lambda: True  # once ready, always
+            return True
+        return False
+
+    async def _after_join(self, cmd: int, args: Any) -> Any:
+        while not self._ready():
+            await trio.sleep(0.02)
+        where, owner = router.plan(cmd, args, 0, self.ring, self.name)
+        if where == router.SCATTER:
+            return await self.gather(cmd, args)
+        return await self._settled(cmd, args, owner if where == router.FORWARD else None)
+
+    async def _settled(self, cmd: int, args: Any, owner: str | None) -> Any:
+        """Runs a request that arrived from a client on its owner (None: here),
+        riding out a change of view: a BUSY from the farm means the request
+        did not run, so it is routed again by the newer view, for up to
+        ``SETTLE_TIME`` seconds. Clients only see BUSY if the view keeps
+        changing longer than that."""
+        deadline = trio.current_time() + SETTLE_TIME
+        delay = 0.02
+        while True:
+            try:
+                if owner is None:
+                    sid = router.session_of(args)
+                    if sid is not None and self._previous and self._missing(sid):
+                        await self._take(sid)
+                    return RUN_LOCAL
+                return await self.forward(owner, 1, cmd, args)
+            except CommandError as exc:
+                if exc.name != "BUSY" or trio.current_time() + delay > deadline:
+                    raise
+            self.counters["view_retries"] += 1
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+            where, owner = router.plan(cmd, args, 0, self.ring, self.name)
+            if where != router.FORWARD:
+                owner = None
 
     async def forward(self, owner: str, hops: int, cmd: int, args: Any) -> Any:
         self.counters["forwarded"] += 1
@@ -427,13 +488,28 @@ class Cluster:
         if member is None or member.state == "dead":
             return
         self.counters["takes"] += 1
-        try:
-            with trio.move_on_after(TAKE_TIMEOUT):
-                state = await self._peer(previous)._call(Cmd.TAKE, [sid], _ident)
+        delay = 0.02
+        with trio.move_on_after(TAKE_TIMEOUT):
+            while True:
+                try:
+                    state = await self._peer(previous)._call(Cmd.TAKE, [sid], _ident)
+                except MsessionError as exc:
+                    if exc.code == "BUSY":  # its view is behind ours: soon it gives the session up
+                        await trio.sleep(delay)
+                        delay = min(delay * 2, 0.2)
+                        continue
+                    self._log.info("asking %s for a session it held failed: %s", previous, exc)
+                    return
+                except CommandError as exc:
+                    self._log.info("asking %s for a session it held failed: %s", previous, exc.message)
+                    return
                 if state:
-                    self.node.store.merge_in(state, self.clock())
-        except (MsessionError, CommandError, ValueError) as exc:
-            self._log.info("asking %s for session it held failed: %s", previous, exc)
+                    try:
+                        self.node.store.merge_in(state, self.clock())
+                    except ValueError:
+                        self._log.info("%s gave a malformed session state", previous)
+                return
+        raise CommandError("BUSY", f"the farm's view is changing ({previous} still holds the session): retry")
 
     async def _take_then_local(self, sid: bytes) -> Any:
         await self._take(sid)
@@ -442,11 +518,19 @@ class Cluster:
     async def _give(self, args: Any) -> Any:
         if type(args) is not list or len(args) != 1 or type(args[0]) is not bytes:
             raise CommandError("BADARG", "usage: TAKE session")
-        s = self.node.store.get(args[0], self.clock(), touch=False)
-        if s is None or self.ring.owner(args[0]) == self.name:
-            return None  # not here, or ours under our view: not ours to give
+        sid = args[0]
+        moving = self._moving.pop(sid, None)
+        if moving is not None:
+            return moving  # on its way there already: the HANDOFF merges the same state
+        s = self.node.store.get(sid, self.clock(), touch=False)
+        if s is None:
+            return None
+        if self.ring.owner(sid) == self.name and not self.leaving:
+            # Ours under our view: the asker's view is ahead of ours. Not ours
+            # to give yet, and not its to serve: it answers BUSY and retries.
+            raise CommandError("BUSY", f"member {self.name} still owns the session in its view")
         state = self.node.store.export(s)
-        self.node.store.take(args[0])
+        self.node.store.take(sid)
         self.counters["sessions_handed_off"] += 1
         return state
 
@@ -491,8 +575,10 @@ class Cluster:
                 for sid in sids[i:i + HANDOFF_BATCH]:
                     s = store.get(sid, self.clock(), touch=False)
                     if s is not None and (self.leaving or self.node.locks.holder(sid) == 0):
-                        states.append(store.export(s))
+                        state = store.export(s)
+                        states.append(state)
                         store.take(sid)  # gone from here before it exists there: never two holders
+                        self._moving[sid] = state  # but a TAKE meanwhile still finds it
                 if not states:
                     continue
                 try:
@@ -503,8 +589,13 @@ class Cluster:
                     self.counters["handoff_errors"] += 1
                     self._log.info("handing %d sessions to %s failed (kept here): %s", len(states), owner, exc)
                     for state in states:
-                        store.merge_in(state, self.clock())
+                        if self._moving.get(state[0]) is state:  # not TAKEn meanwhile
+                            store.merge_in(state, self.clock())
                     self._handoff_due.set()  # again, with the view of then
+                finally:
+                    for state in states:
+                        if self._moving.get(state[0]) is state:
+                            del self._moving[state[0]]
         if sent:
             log.info("handed %d sessions to their new owners", sent)
         return sent
@@ -515,6 +606,9 @@ class Cluster:
         self.leaving = True
         m.leave(trio.current_time())
         self._after()
+        others = [n for n in m.live_names() if n != self.name]
+        if others:
+            self.ring = ring_for(others)  # from now on we forward everything
         with trio.move_on_after(2):  # the others should know before sessions arrive
             while not m.leave_done():
                 await trio.sleep(0.05)
@@ -582,6 +676,10 @@ class Cluster:
 _SAFE = frozenset({Cmd.CTL, Cmd.GETVAL, Cmd.GETALL, Cmd.DATAGET, Cmd.COUNT, Cmd.LIST, Cmd.FIND, Cmd.LISTVAR, Cmd.SETVAL, Cmd.DATASET, Cmd.DROP, Cmd.TIMEOUT})
 
 
+class _Oversize(ValueError):
+    pass
+
+
 async def _read_frame(stream: trio.SocketStream, limit: int) -> bytes:
     buf = bytearray()
     need = _LEN.size
@@ -595,7 +693,7 @@ async def _read_frame(stream: trio.SocketStream, limit: int) -> bytes:
         if size is None:
             (size,) = _LEN.unpack(buf[:4])
             if size > limit:
-                raise ValueError(f"push-pull frame of {size} bytes is over the limit")
+                raise _Oversize(f"push-pull frame of {size} bytes is over the limit of {limit}")
             need = 4 + size
             continue
         return bytes(buf[4:need])
