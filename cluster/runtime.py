@@ -29,6 +29,8 @@ import logging
 import random
 import socket
 import struct
+import sys
+from array import array
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -80,6 +82,7 @@ class Cluster:
         self._peers: dict[str, tuple[tuple[str, int], AsyncClient]] = {}
         self._previous: dict[int, tuple[str, float]] = {}  # partition -> (previous owner, since)
         self._moving: dict[bytes, list] = {}  # sessions on their way to a new owner
+        self._routes: tuple[Ring, dict] | None = None
         self._udp: socket.socket | None = None
         self._tcp: trio.SocketListener | None = None
         self._wake = trio.Event()
@@ -315,7 +318,7 @@ class Cluster:
     def route(self, cmd: int, args: Any, hops: int) -> Callable[[], Awaitable[Any]] | None:
         """None to run the request here now; else an async step giving its answer
         (or ``RUN_LOCAL``). Raises CommandError for a request refused here."""
-        if cmd in (Cmd.STATUS, Cmd.HANDOFF, Cmd.TAKE, Cmd.UNIQ):
+        if cmd in (Cmd.STATUS, Cmd.ROUTES, Cmd.HANDOFF, Cmd.TAKE, Cmd.UNIQ):
             return self._special(cmd, args, hops)
         if not self._ready() and (cmd in router.KEYED or cmd in router.GATHER):
             # Members may already route to us, but our view is not the farm's yet.
@@ -340,9 +343,12 @@ class Cluster:
         return lambda: self.gather(cmd, args)
 
     def _special(self, cmd: int, args: Any, hops: int):
-        if cmd == Cmd.STATUS:
+        if cmd in (Cmd.STATUS, Cmd.ROUTES):
             if args != []:
-                raise CommandError("BADARG", "usage: STATUS")
+                raise CommandError("BADARG", f"usage: {Cmd(cmd).name}")
+            if cmd == Cmd.ROUTES:
+                routes = self.routes()
+                return lambda: _value(routes)
             return self.status
         if cmd == Cmd.HANDOFF:
             return lambda: self._receive_handoff(args)
@@ -626,6 +632,24 @@ class Cluster:
 
     # -- status ----------------------------------------------------------------
 
+    def routes(self) -> dict:
+        """The ring as a table a client can route by (see PROTOCOL.md, ROUTES)."""
+        ring = self.ring
+        cached = self._routes
+        if cached is not None and cached[0] is ring:
+            return cached[1]
+        index = {name: i for i, name in enumerate(ring.members)}
+        members = []
+        for name in ring.members:
+            addr = self._member_addr(name)
+            members.append([name, f"{addr[0]}:{addr[1]}" if addr else ""])
+        owners = array("H", [index[o] for o in ring.owners])
+        if sys.byteorder == "little":
+            owners.byteswap()  # big-endian on the wire
+        out = {"ring": ring.id, "partitions": len(ring.owners), "members": members, "owners": owners.tobytes()}
+        self._routes = (ring, out)
+        return out
+
     async def status(self) -> dict:
         m = self.membership
         counts: dict[str, int | None] = {self.name: self.node.store.count(self.clock())}
@@ -674,6 +698,10 @@ class Cluster:
 
 
 _SAFE = frozenset({Cmd.CTL, Cmd.GETVAL, Cmd.GETALL, Cmd.DATAGET, Cmd.COUNT, Cmd.LIST, Cmd.FIND, Cmd.LISTVAR, Cmd.SETVAL, Cmd.DATASET, Cmd.DROP, Cmd.TIMEOUT})
+
+
+async def _value(value: Any) -> Any:
+    return value
 
 
 class _Oversize(ValueError):

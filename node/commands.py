@@ -139,6 +139,7 @@ class Node:
             Cmd.HELLO: self.hello,
             Cmd.INFO: self.info,
             Cmd.STATUS: self.status,  # a farm member answers it in cluster/runtime.py
+            Cmd.ROUTES: self.routes,  # likewise
         }
         self.started = clock()
         # Callables adding their counters to INFO (the server adds its own).
@@ -228,6 +229,10 @@ class Node:
             "ring": None, "partitions": 0, "health": 0,
             "members": [],
         }
+
+    def routes(self, args, now):
+        _arity(args, 0, 0, "ROUTES")
+        return {"ring": None, "partitions": 0, "members": [], "owners": b""}
 
     def count(self, args, now):
         _arity(args, 0, 0, "COUNT")

@@ -49,6 +49,7 @@ class Cmd(enum.IntEnum):
     HELLO = 1100
     INFO = 1101
     STATUS = 1102  # the cluster as the asked node sees it
+    ROUTES = 1103  # who owns which partition: lets a client send requests straight to owners
     # Between members of a farm (see docs/cluster.md); clients never send these.
     FWD = 1200  # [hops, cmd, args]: run a request forwarded by another member
     HANDOFF = 1201  # [[session state, ...], [partition, ...]]: sessions moving to their new owner

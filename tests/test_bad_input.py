@@ -516,6 +516,7 @@ BAD_ARGS: dict[int, list[list]] = {
     Cmd.PING: [[1], [S], [None]],
     Cmd.INFO: [[1], [S], [None]],
     Cmd.STATUS: [[1], [S], [None]],
+    Cmd.ROUTES: [[1], [S], [None]],
     Cmd.HELLO: [[], [b"x"], [-1], [1, {}, 3], [None], [1.5], [[1]]],
     Cmd.COUNT: [[1], [None]],
     Cmd.CREATE: [
@@ -683,7 +684,7 @@ async def test_counter_overflow_is_badarg_and_keeps_value(addr):
 
 @pytest.mark.parametrize(
     "cmd",
-    [0, 1, 999, 1025, 1027, 1099, 1103, 1199, 65536, 2**32, 2**63 - 1, 2**64 - 1, -1, -(2**63)]
+    [0, 1, 999, 1025, 1027, 1099, 1104, 1199, 65536, 2**32, 2**63 - 1, 2**64 - 1, -1, -(2**63)]
     + [pytest.param(int(c), id=c.name) for c in sorted(UNSUPPORTED)],
 )
 async def test_unknown_command(target, cmd):

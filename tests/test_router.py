@@ -145,3 +145,27 @@ def test_take_removes_without_hooks():
     assert s.take(b"S").sid == b"S"
     assert s.take(b"S") is None and len(s) == 0 and fired == []
     assert s.expire(NOW + 10_000) == []  # its expiry bucket no longer names it
+
+
+def test_routes_table_matches_the_ring(farm):
+    """ROUTES from a real farm: every id's owner from the table is the ring's."""
+    import hashlib
+
+    from protocol.client import Client
+    from protocol.constants import Cmd as C
+
+    with Client(nodes=[farm.addresses[0]]) as c:
+        routes = c._call(C.ROUTES, [], lambda v: v)
+    names = [m[0] for m in routes["members"]]
+    assert len(names) == 3
+    owners = routes["owners"]
+    assert len(owners) == 2 * routes["partitions"] == 2 * 4096
+    ring = Ring(names)
+    assert routes["ring"] == ring.id
+    addresses = {m[0]: m[1] for m in routes["members"]}
+    assert sorted(addresses.values()) == sorted(farm.addresses)
+    for i in range(2000):
+        sid = b"route-%d" % i
+        partition = int.from_bytes(hashlib.blake2b(sid, digest_size=8).digest(), "big") >> 52
+        index = int.from_bytes(owners[2 * partition: 2 * partition + 2], "big")
+        assert names[index] == ring.owner(sid)
