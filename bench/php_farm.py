@@ -20,8 +20,10 @@ lost-nothing session gives: each missing or duplicated increment counts one).
 Handlers: msession's handler (lock mode, clients/php/session.php, persistent
 connections: msession.persistent=1, the default) on one node ("msession") and
 on a farm of three ("msession-farm3": web server i lists the nodes starting
-from node i, so the two web servers talk to different nodes and a request for
-a session another node owns is forwarded node to node); phpredis
+from node i; the handler routes each session's requests straight to its
+owner, msession.route=1, the default for several nodes; "msession-farm3-noroute":
+msession.route=0, so a request for a session another node owns is forwarded
+node to node); phpredis
 (``session.save_handler=redis``, ``redis.session.locking_enabled=1``, other
 settings shipped defaults); php-memcached (``session.save_handler=memcached``,
 shipped defaults: locking on). All with session.use_strict_mode=1.
@@ -43,6 +45,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +55,7 @@ from .servers import DEFAULT_NODE_CMD, BenchError, MsessionServer, RedisServer, 
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "clients" / "php" / "tests" / "farm"  # the web-farm test's page
-HANDLERS = ("msession", "msession-farm3", "phpredis", "memcached")
+HANDLERS = ("msession", "msession-farm3", "msession-farm3-noroute", "phpredis", "memcached")
 GOSSIP = re.compile(r"gossip on (\S+):(\d+)")
 SEQ_USERS, BURST_USERS, BURST = 20, 5, 4
 
@@ -83,21 +86,30 @@ class MemcachedServer(_Child):
 
 
 class PhpServer:
-    """``php -S`` with workers, in its own process group (stopped as a group)."""
+    """``php -S`` with workers, in its own process group (stopped as a group),
+    with a TMPDIR of its own (where msession's handler caches the farm's
+    routing table when APCu is absent). ``log``: keep its stderr (minus the
+    access log lines) in ``self.log``. tests/test_php.py uses it too."""
 
-    def __init__(self, ini: dict, workers: int = 4):
+    def __init__(self, ini: dict, workers: int = 4, log: bool = False):
         php = shutil.which("php")
         if php is None:
             raise BenchError("php is not installed: run `bash deploy/install.sh --test` as root")
         self.port = free_port()
+        self.tmp = tempfile.mkdtemp(prefix="msession-php-")
         cmd = [php]
         for k, v in ini.items():
             cmd += ["-d", f"{k}={v}"]
         cmd += ["-S", f"127.0.0.1:{self.port}", "-t", str(APP)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
         env["PHP_CLI_SERVER_WORKERS"] = str(workers)
+        env["TMPDIR"] = self.tmp
+        self.log = b""
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.PIPE if log else subprocess.DEVNULL, start_new_session=True)
+        self._reader = threading.Thread(target=self._drain, daemon=True) if log else None
+        if self._reader:
+            self._reader.start()
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -106,8 +118,13 @@ class PhpServer:
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise BenchError(f"php -S did not start: {' '.join(cmd)}")
+                    raise BenchError(f"php -S did not start: {' '.join(cmd)}\n{self.log.decode(errors='replace')}")
                 time.sleep(0.05)
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            if b"Accepted" not in line and b"Closing" not in line and b"[200]:" not in line:
+                self.log += line
 
     def cpu_seconds(self) -> float:
         """CPU seconds of the web server's processes (its process group: the workers included)."""
@@ -131,6 +148,9 @@ class PhpServer:
                 self.proc.wait(3)
             except subprocess.TimeoutExpired:
                 pass
+        if self._reader:
+            self._reader.join(5)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class MsessionFarm:
@@ -195,7 +215,8 @@ def handler_ini(handler: str, backend, web: int = 0) -> dict:
         addr = f"127.0.0.1:{backend.port}"
     if handler.startswith("msession"):
         ini.update({"auto_prepend_file": str(ROOT / "clients/php/session.php"), "session.save_path": addr,
-                    "msession.mode": "lock", "msession.persistent": "1"})
+                    "msession.mode": "lock", "msession.persistent": "1",
+                    "msession.route": "0" if handler.endswith("-noroute") else "1"})
     elif handler == "phpredis":
         ini.update({"session.save_handler": "redis", "session.save_path": f"tcp://{addr}",
                     "redis.session.locking_enabled": "1"})
@@ -287,7 +308,8 @@ def phase(ports, kind: str, seconds: float) -> dict:
 
 
 def measure(handler: str, seconds: float) -> dict:
-    backend = {"msession": lambda: MsessionServer().start(), "msession-farm3": lambda: MsessionFarm(3), "phpredis": lambda: RedisServer(find_redis()).start(),
+    backend = {"msession": lambda: MsessionServer().start(), "msession-farm3": lambda: MsessionFarm(3),
+               "msession-farm3-noroute": lambda: MsessionFarm(3), "phpredis": lambda: RedisServer(find_redis()).start(),
                "memcached": lambda: MemcachedServer().start()}[handler]()
     webs: list[PhpServer] = []
     try:

@@ -17,12 +17,8 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -30,8 +26,9 @@ import pytest
 
 from procs import ROOT, NodeProcess
 
+from bench.php_farm import PhpServer as BenchPhpServer  # noqa: E402
+
 PHP_DIR = ROOT / "clients" / "php"
-FARM_APP = PHP_DIR / "tests" / "farm"
 INSTALL_HINT = "run `bash deploy/install.sh --test` as root (Debian packages php-cli php-msgpack phpunit)"
 
 
@@ -70,14 +67,17 @@ def msession_nodes(request) -> list[str]:
 # -- PHPUnit ------------------------------------------------------------------------
 
 
-def test_phpunit_suite():
-    """Client, every msession_* function and the save handler, against a real node."""
+def test_phpunit_suite(farm, tmp_path):
+    """Client, every msession_* function and the save handler, against a real
+    node; client-side routing against a real 3-node farm."""
     _need_php()
     phpunit = _need("phpunit")
     node = NodeProcess("--plugin", "stats")
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
         env["MSESSION_TEST_NODES"] = node.address
+        env["MSESSION_TEST_FARM"] = ",".join(farm.addresses)
+        env["TMPDIR"] = str(tmp_path)  # the routing table cache files
         # the persistent-connection tests start (and restart) nodes of their own
         env["MSESSION_TEST_SERVE"] = json.dumps([sys.executable, "-m", "node.cli", "serve"])
         env["MSESSION_TEST_ROOT"] = str(ROOT)
@@ -94,19 +94,12 @@ def test_phpunit_suite():
 # -- the web farm -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PhpServer:
-    """``php -S`` with several workers, in its own process group (the workers
-    are forked by the first process: stopping kills the whole group)."""
+class PhpServer(BenchPhpServer):
+    """``php -S`` with several workers running the farm page with msession's
+    save handler (bench/php_farm.py's server: its own process group and TMPDIR)."""
 
     def __init__(self, save_path: str, mode: str, workers: int = 4, extra_ini: dict | None = None):
-        php = _need_php()
-        self.port = _free_port()
+        _need_php()
         ini = {
             "auto_prepend_file": str(PHP_DIR / "session.php"),
             "session.save_path": save_path,
@@ -116,49 +109,7 @@ class PhpServer:
             "log_errors": "0",
             **(extra_ini or {}),
         }
-        cmd = [php]
-        for k, v in ini.items():
-            cmd += ["-d", f"{k}={v}"]
-        cmd += ["-S", f"127.0.0.1:{self.port}", "-t", str(FARM_APP)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
-        env["PHP_CLI_SERVER_WORKERS"] = str(workers)
-        self.proc = subprocess.Popen(
-            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        self.log = b""
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"php -S did not start: {self.log.decode(errors='replace')}")
-                time.sleep(0.05)
-
-    def _drain(self):
-        for line in self.proc.stderr:
-            if b"Accepted" not in line and b"Closing" not in line and b"[200]:" not in line:
-                self.log += line
-
-    def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(5)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # any worker left behind
-        except ProcessLookupError:
-            pass
-        self._reader.join(5)
+        super().__init__(ini, workers, log=True)
 
 
 @contextmanager

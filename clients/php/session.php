@@ -12,7 +12,9 @@
  * (default 127.0.0.1:8086). The settings msession.mode, msession.lock_lease,
  * msession.lock_wait, msession.sid_length, msession.timeout and
  * msession.persistent (1, the default: connections outlive the request and
- * are reused by the worker's next one) are read with
+ * are reused by the worker's next one) and msession.route (1, the default
+ * when save_path lists several nodes: each session's requests go straight
+ * to its owner in the farm, from a table cached for 5 s) are read with
  * get_cfg_var() (php.ini or `php -d`), and are overridden by the environment
  * variables MSESSION_MODE, MSESSION_LOCK_LEASE, ... (see
  * src/SessionHandler.php and README.md).

@@ -20,7 +20,11 @@ namespace Msession;
  *  - a request that may have run is sent again, to the next node, only if every
  *    command of the batch is idempotent; CREATE, INC, UNIQ, SLOCK, SUNLOCK,
  *    PLUGIN and CALL raise MsessionException BADCONN instead;
- *  - each node is tried once per request; NOCONNECT when none answers.
+ *  - each node is tried once per request; NOCONNECT when none answers;
+ *  - an answer BUSY to a request (a farm's view was changing: it did not run;
+ *    the node already retried for 3 s) is sent again twice, after 0.1 and
+ *    0.3 s, for any command, when the BUSY requests end the batch (so the
+ *    batch still runs in order).
  * An idle connection the node has closed is noticed before reuse (it is
  * readable) and replaced; nothing was sent on it.
  *
@@ -35,8 +39,22 @@ namespace Msession;
  * nothing having been sent on the old one. close() keeps a healthy persistent
  * connection open; close(true) closes it.
  *
+ * Routing (option route, off by default; the session handler turns it on
+ * when given several nodes): in a farm, requests naming a session, and
+ * batches whose requests all name the same one, go straight to the
+ * session's owner, found in the farm's ROUTES table (see Routes: fetched
+ * from the nodes, cached across PHP requests for route_ttl seconds), on a
+ * connection per member address (persistent if the client is); anything
+ * else goes to the nodes as above. A stale table costs a forwarding hop,
+ * never a wrong answer. If the owner cannot be reached (or fails before
+ * running the request), the request goes to the nodes as above (they
+ * forward it or answer UNAVAILABLE) and the cached table is replaced by an
+ * empty one for route_ttl seconds; a request that may have run there is
+ * never sent again unless idempotent (BADCONN otherwise).
+ *
  * Options: timeout (seconds per request, 10; an SLOCK gets its wait on top),
- * connect_timeout (2), max_answer (bytes, 256 MiB), persistent (false).
+ * connect_timeout (2), max_answer (bytes, 256 MiB), persistent (false),
+ * route (false), route_ttl (seconds, 5).
  */
 final class Client
 {
@@ -48,6 +66,8 @@ final class Client
     public float $connectTimeout;
     public int $maxAnswer;
     public readonly bool $persistent;
+    public readonly bool $route;
+    public float $routeTtl;
     /** The current node's HELLO answer (version, max_frame, ...); [] on a reused persistent connection until needed. */
     public array $serverInfo = [];
 
@@ -61,6 +81,11 @@ final class Client
     private int $nextId = 1;
     private string $buf = '';
     private ?string $addr = null;
+    /** @var array<string, array{0:resource, 1:array}> other nodes' connections: "host:port" => [socket, serverInfo] */
+    private array $pool = [];
+    /** @var array<string, true> addresses that failed during this client's life: tried last */
+    private array $down = [];
+    private ?string $routeKey = null;
 
     /** @param string|list<string> $nodes "host:port,host:port" or a list of "host[:port]" */
     public function __construct(string|array $nodes = '127.0.0.1:8086', array $options = [])
@@ -70,6 +95,8 @@ final class Client
         $this->connectTimeout = (float)($options['connect_timeout'] ?? 2.0);
         $this->maxAnswer = (int)($options['max_answer'] ?? 256 * 1024 * 1024);
         $this->persistent = (bool)($options['persistent'] ?? false);
+        $this->route = (bool)($options['route'] ?? false);
+        $this->routeTtl = (float)($options['route_ttl'] ?? 5.0);
         $this->nextId = random_int(1, 1 << 30);  // a shared persistent socket never sees one id twice
     }
 
@@ -121,7 +148,14 @@ final class Client
         return [$host, $port === '' ? $defaultPort : (int)$port];
     }
 
-    /** "host:port" of the connected node, or null. */
+    /** "host:port" as the client connects to it ("[v6]:port" for IPv6). */
+    public static function target(array $node): string
+    {
+        [$host, $port] = $node;
+        return str_contains($host, ':') ? "[$host]:$port" : "$host:$port";
+    }
+
+    /** "host:port" of the node the last request went to (or the connected one), or null. */
     public function node(): ?string
     {
         return $this->addr;
@@ -134,6 +168,12 @@ final class Client
      */
     public function close(bool $force = false): void
     {
+        foreach ($this->pool as [$sock]) {
+            if ((!$this->persistent || $force) && is_resource($sock)) {
+                @fclose($sock);
+            }
+        }
+        $this->pool = [];
         if ($this->sock !== null && $this->persistent && !$force && $this->buf === ''
             && is_resource($this->sock) && !isset(self::$inFlight[(int)$this->sock])) {
             $this->sock = null;
@@ -175,10 +215,77 @@ final class Client
     /** Connects now (to the first node that answers) unless connected. */
     public function connect(): void
     {
-        if ($this->sock === null || $this->stale()) {
-            $this->drop();
+        if ($this->sock === null || $this->addr !== self::target($this->nodes[$this->current]) || $this->stale()) {
             $this->open();
         }
+    }
+
+    /**
+     * Makes the connection to $target the current one: the pooled one, a
+     * persistent one an earlier request left, or a new one (HELLO). The
+     * connection it replaces goes to the pool when healthy. False (and
+     * $error) when $target does not answer.
+     */
+    private function attach(string $target, ?string &$error): bool
+    {
+        if ($this->sock !== null && $this->addr === $target && !$this->stale()) {
+            return true;
+        }
+        $this->park();
+        if (isset($this->pool[$target])) {
+            [$this->sock, $this->serverInfo] = $this->pool[$target];
+            unset($this->pool[$target]);
+            $this->buf = '';
+            $this->addr = $target;
+            if (!$this->stale()) {
+                return true;
+            }
+            $this->drop();
+        }
+        $sock = $this->socket($target, $errno, $errstr);
+        if ($sock !== false && $this->persistent && ftell($sock) > 0) {
+            // A persistent connection an earlier request used (it sent HELLO).
+            $this->sock = $sock;
+            $this->buf = '';
+            if (!$this->stale()) {
+                $this->serverInfo = [];  // asked for only if a request needs max_frame
+                $this->addr = $target;
+                return true;
+            }
+            $this->drop();  // closed by the node while idle, or abandoned: nothing was sent on it
+            $sock = $this->socket($target, $errno, $errstr);
+        }
+        if ($sock === false) {
+            $error = "$target: " . ($errstr ?: "error $errno");
+            return false;
+        }
+        $this->sock = $sock;
+        $this->buf = '';
+        try {
+            [$hello] = $this->roundTrip([[Protocol::HELLO, [Protocol::VERSION]]], $this->connectTimeout);
+        } catch (ConnectionFailed | NotExecuted $e) {
+            $this->drop();
+            $error = "$target: " . $e->getMessage();
+            return false;
+        }
+        $this->serverInfo = self::result($hello, null);
+        $this->addr = $target;
+        return true;
+    }
+
+    /** Puts the current connection in the pool if it is fit for another request, else closes it. */
+    private function park(): void
+    {
+        if ($this->sock === null) {
+            return;
+        }
+        if ($this->addr !== null && $this->buf === '' && is_resource($this->sock) && !isset(self::$inFlight[(int)$this->sock])) {
+            $this->pool[$this->addr] = [$this->sock, $this->serverInfo];
+            $this->sock = null;
+            $this->addr = null;
+            return;
+        }
+        $this->drop();
     }
 
     public function pipeline(): Pipeline
@@ -209,6 +316,36 @@ final class Client
      */
     public function exchange(array $requests): array
     {
+        $answers = $this->send($requests);
+        for ($delay = 100000; $delay <= 300000; $delay += 200000) {
+            // BUSY answers to requests (not a connection's BUSY): they did not run. Send them
+            // again if they end the batch, so that what runs still runs in order.
+            $first = count($answers);
+            while ($first > 0 && self::isBusy($answers[$first - 1])) {
+                $first--;
+            }
+            if ($first === count($answers)) {
+                break;
+            }
+            for ($i = 0; $i < $first; $i++) {
+                if (self::isBusy($answers[$i])) {
+                    break 2;  // a BUSY request before one that ran: the caller sees BUSY
+                }
+            }
+            usleep($delay);
+            array_splice($answers, $first, count($answers) - $first, $this->send(array_slice($requests, $first)));
+        }
+        return $answers;
+    }
+
+    private static function isBusy(array $answer): bool
+    {
+        return $answer[0] !== 1 && is_array($answer[1]) && ($answer[1][0] ?? null) === 17;
+    }
+
+    /** One exchange of the batch: to the session's owner when routing, else (or if that fails) to the nodes. */
+    private function send(array $requests): array
+    {
         $safe = true;
         $timeout = $this->timeout;
         $extra = 0.0;
@@ -219,6 +356,35 @@ final class Client
             }
         }
         $timeout += $extra;
+        $owner = $this->route ? $this->ownerOf($requests) : null;
+        if ($owner !== null) {
+            $error = null;
+            if ($this->attach($owner, $error)) {
+                try {
+                    return $this->roundTrip($requests, $timeout);
+                } catch (NotExecuted $e) {
+                    $this->drop();  // it did not run: the nodes get it
+                } catch (ConnectionFailed $e) {
+                    $this->drop();
+                    if (!$safe) {
+                        $this->ownerDown($owner);
+                        throw new MsessionException('BADCONN', 'node failed during a request that may have been applied: ' . $e->getMessage());
+                    }
+                    $this->ownerDown($owner);
+                } catch (MsessionException $e) {
+                    $this->drop();
+                    throw $e;
+                }
+            } else {
+                $this->ownerDown($owner);
+            }
+        }
+        return $this->viaNodes($requests, $timeout, $safe);
+    }
+
+    /** The batch sent to the nodes of the list, with failover (see the class comment). */
+    private function viaNodes(array $requests, float $timeout, bool $safe): array
+    {
         $nodesLeft = count($this->nodes);
         $sameNodeRetries = 2;
         while (true) {
@@ -251,6 +417,55 @@ final class Client
         }
     }
 
+    /**
+     * The owner's "host:port" when every request of the batch names one and the
+     * same session and the farm's table knows its owner; else null.
+     */
+    private function ownerOf(array $requests): ?string
+    {
+        $sid = null;
+        foreach ($requests as [$cmd, $args]) {
+            $s = $args[0] ?? null;
+            if (!isset(Protocol::KEYED[$cmd]) || (!is_string($s) && !is_int($s)) || ($sid !== null && (string)$s !== $sid)) {
+                return null;
+            }
+            $sid = (string)$s;
+        }
+        if ($sid === null || $sid === '') {
+            return null;
+        }
+        return $this->routes()?->owner($sid);
+    }
+
+    /** The farm's table: cached, else asked of the nodes (ROUTES) and cached for route_ttl seconds. */
+    public function routes(): ?Routes
+    {
+        $this->routeKey ??= Routes::key(array_map([self::class, 'target'], $this->nodes));
+        $table = Routes::cached($this->routeKey);
+        if ($table !== null) {
+            return $table;
+        }
+        try {
+            [$answer] = $this->viaNodes([[Protocol::ROUTES, []]], $this->timeout, true);
+            $table = Routes::fromAnswer(self::result($answer, null), $this->routeTtl);
+        } catch (MsessionException $e) {
+            if (!in_array($e->getErrorName(), ['UNKNOWN', 'BADARG'], true)) {
+                return null;  // no node answers: the request goes on without a table
+            }
+            $table = Routes::fromAnswer(null, $this->routeTtl);  // a node without ROUTES: no routing
+        }
+        Routes::store($this->routeKey, $table);
+        return $table;
+    }
+
+    /** The owner did not answer: it goes last among the nodes, and the table routes nothing for route_ttl s. */
+    private function ownerDown(string $owner): void
+    {
+        $this->down[$owner] = true;
+        $this->routeKey ??= Routes::key(array_map([self::class, 'target'], $this->nodes));
+        Routes::store($this->routeKey, Routes::fromAnswer(null, $this->routeTtl));
+    }
+
     private function failedOver(): void
     {
         $this->current = ($this->current + 1) % count($this->nodes);
@@ -260,41 +475,19 @@ final class Client
     {
         $errors = [];
         $n = count($this->nodes);
+        $order = [];
         for ($i = 0; $i < $n; $i++) {
             $index = ($this->current + $i) % $n;
-            [$host, $port] = $this->nodes[$index];
-            $target = str_contains($host, ':') ? "[$host]:$port" : "$host:$port";
-            $sock = $this->socket($target, $errno, $errstr);
-            if ($sock !== false && $this->persistent && ftell($sock) > 0) {
-                // A persistent connection an earlier request used (it sent HELLO).
-                $this->sock = $sock;
-                $this->buf = '';
-                if (!$this->stale()) {
-                    $this->serverInfo = [];  // asked for only if a request needs max_frame
-                    $this->current = $index;
-                    $this->addr = $target;
-                    return;
-                }
-                $this->drop();  // closed by the node while idle, or abandoned: nothing was sent on it
-                $sock = $this->socket($target, $errno, $errstr);
+            $order[isset($this->down[self::target($this->nodes[$index])]) ? $n + $i : $i] = $index;
+        }
+        ksort($order);
+        foreach ($order as $index) {
+            $error = null;
+            if ($this->attach(self::target($this->nodes[$index]), $error)) {
+                $this->current = $index;
+                return;
             }
-            if ($sock === false) {
-                $errors[] = "$target: " . ($errstr ?: "error $errno");
-                continue;
-            }
-            $this->sock = $sock;
-            $this->buf = '';
-            try {
-                [$hello] = $this->roundTrip([[Protocol::HELLO, [Protocol::VERSION]]], $this->connectTimeout);
-            } catch (ConnectionFailed | NotExecuted $e) {
-                $this->drop();
-                $errors[] = "$target: " . $e->getMessage();
-                continue;
-            }
-            $this->serverInfo = self::result($hello, null);
-            $this->current = $index;
-            $this->addr = $target;
-            return;
+            $errors[] = $error;
         }
         throw new MsessionException('NOCONNECT', 'no node answered (' . implode('; ', $errors) . ')');
     }

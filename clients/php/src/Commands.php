@@ -24,6 +24,12 @@ trait Commands
         return $this->call(Protocol::INFO, []);
     }
 
+    /** The farm as the node sees it (name, ring, members ...); cluster false on a standalone node. */
+    public function status(): mixed
+    {
+        return $this->call(Protocol::STATUS, []);
+    }
+
     public function count(): mixed
     {
         return $this->call(Protocol::COUNT, []);

@@ -8,6 +8,10 @@ namespace Msession;
  *
  * getCode() is the protocol's error number, getErrorName() its name
  * ("NOSESSION", "LOCKED", "NOCONNECT", ...), getMessage() "NAME: text".
+ * In a farm: BUSY (17) with a request means it did not run (the client
+ * already sent it again, twice); UNAVAILABLE (19) means the member owning
+ * the session could not be reached (for CREATE, INC, SLOCK, SUNLOCK, UNIQ and
+ * PLUGIN the message says whether it may have run).
  */
 class MsessionException extends \RuntimeException
 {
@@ -16,7 +20,7 @@ class MsessionException extends \RuntimeException
         0 => 'NOERROR', 1 => 'NOSESSION', 2 => 'DUPSESSION', 3 => 'NOWLOCK', 4 => 'NOVALUE',
         5 => 'LOCKED', 6 => 'NOSEND', 7 => 'NOCONNECT', 8 => 'BADCONN', 9 => 'BADHDR',
         10 => 'BADVER', 11 => 'BADLEN', 12 => 'BUFFER', 13 => 'DENIED', 14 => 'NOFN',
-        15 => 'UNKNOWN', 16 => 'BADARG', 17 => 'BUSY', 18 => 'TIMEOUT',
+        15 => 'UNKNOWN', 16 => 'BADARG', 17 => 'BUSY', 18 => 'TIMEOUT', 19 => 'UNAVAILABLE',
     ];
 
     private string $errorName;

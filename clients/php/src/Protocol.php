@@ -21,7 +21,14 @@ final class Protocol
     public const CTL = 2, SETVAL = 3, GETVAL = 4, CREATE = 5, DROP = 6, GETALL = 7, FIND = 8,
         COUNT = 9, SLOCK = 11, SUNLOCK = 12, TIMEOUT = 13, INC = 14, DATAGET = 15, DATASET = 16,
         LIST = 17, LISTVAR = 18, UNIQ = 19, RANDSTR = 20, PLUGIN = 21, CALL = 22, PING = 1026,
-        HELLO = 1100, INFO = 1101;
+        HELLO = 1100, INFO = 1101, STATUS = 1102, ROUTES = 1103;
+
+    /** Commands whose first argument is the session they act on (a farm runs them on its owner). */
+    public const KEYED = [
+        self::CTL => true, self::SETVAL => true, self::GETVAL => true, self::CREATE => true, self::DROP => true,
+        self::GETALL => true, self::SLOCK => true, self::SUNLOCK => true, self::TIMEOUT => true, self::INC => true,
+        self::DATAGET => true, self::DATASET => true, self::PLUGIN => true,
+    ];
 
     /** Commands that may have been applied when their answer was lost: never sent twice. */
     public const NOT_IDEMPOTENT = [

@@ -51,6 +51,9 @@ namespace Msession;
  *   sid_length  MSESSION_SID_LENGTH  msession.sid_length  characters of new ids (32)
  *   timeout     MSESSION_TIMEOUT     msession.timeout     seconds per request (10)
  *   persistent  MSESSION_PERSISTENT  msession.persistent  1: keep connections across requests (1)
+ *   route       MSESSION_ROUTE       msession.route       1: send each session's requests straight to
+ *                                                         its owner in a farm (Client's route option);
+ *                                                         default 1 when the node list has several nodes
  *   nodes       (none)               (none)               node list; default session.save_path
  */
 final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \SessionUpdateTimestampHandlerInterface
@@ -63,6 +66,8 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     public readonly int $sidLength;
     public readonly float $timeout;
     public readonly bool $persistent;
+    /** null: route when the node list has several nodes */
+    public readonly ?bool $route;
     private ?string $nodes;
     private ?Client $client = null;
     /** @var array<string, array{0:int, 1:float}> session id => [lock key, time the SLOCK was sent] */
@@ -86,9 +91,9 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         $this->lockWait = min(300.0, (float)self::setting($options, 'lock_wait', $this->lockLease + 5));
         $this->sidLength = (int)self::setting($options, 'sid_length', 32);
         $this->timeout = (float)self::setting($options, 'timeout', 10);
-        $persistent = self::setting($options, 'persistent', true);
-        $this->persistent = is_bool($persistent) ? $persistent
-            : !in_array(strtolower(trim((string)$persistent)), ['0', 'off', 'no', 'false', 'none'], true);
+        $this->persistent = self::flag(self::setting($options, 'persistent', true));
+        $route = self::setting($options, 'route', null);
+        $this->route = $route === null ? null : self::flag($route);
         $this->nodes = isset($options['nodes']) ? (is_array($options['nodes']) ? implode(',', $options['nodes']) : (string)$options['nodes']) : null;
         if ($this->lockLease <= 0 || $this->lockWait < 0 || $this->sidLength < 1) {
             throw new \InvalidArgumentException('msession: lock_lease must be > 0, lock_wait >= 0, sid_length >= 1');
@@ -112,12 +117,23 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         return $default;
     }
 
+    private static function flag(mixed $v): bool
+    {
+        return is_bool($v) ? $v : !in_array(strtolower(trim((string)$v)), ['0', 'off', 'no', 'false', 'none', ''], true);
+    }
+
     public function client(): Client
     {
         if ($this->client === null) {
-            $this->client = new Client($this->nodes ?? '127.0.0.1:8086', ['timeout' => $this->timeout, 'persistent' => $this->persistent]);
+            $this->client = $this->newClient($this->nodes ?? '127.0.0.1:8086');
         }
         return $this->client;
+    }
+
+    private function newClient(string $nodes): Client
+    {
+        $route = $this->route ?? count(Client::parseNodes($nodes)) > 1;
+        return new Client($nodes, ['timeout' => $this->timeout, 'persistent' => $this->persistent, 'route' => $route]);
     }
 
     public function open(string $path, string $name): bool
@@ -125,7 +141,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         $nodes = $this->nodes ?? trim($path);
         $nodes = $nodes === '' ? '127.0.0.1:8086' : $nodes;
         if ($this->client === null || $this->client->nodes !== Client::parseNodes($nodes)) {
-            $this->client = new Client($nodes, ['timeout' => $this->timeout, 'persistent' => $this->persistent]);
+            $this->client = $this->newClient($nodes);
         }
         return true;
     }

@@ -138,16 +138,8 @@ final class ClientTest extends TestCase
 
     public function testOnlyIdempotentRequestsAreReplayedOnAnotherNode(): void
     {
-        $portFile = tempnam(sys_get_temp_dir(), 'fake');
-        unlink($portFile);
-        $proc = proc_open([PHP_BINARY, __DIR__ . '/fake_node.php', $portFile, '4'], [], $pipes);
+        [$proc, $fake] = msession_fake_node(4);
         try {
-            $deadline = microtime(true) + 10;
-            while (!is_file($portFile) || filesize($portFile) === 0) {
-                $this->assertLessThan($deadline, microtime(true), 'fake node did not start');
-                usleep(10000);
-            }
-            $fake = '127.0.0.1:' . file_get_contents($portFile);
             $s = msession_test_id();
             $real = $this->c;
             $real->create($s);
@@ -162,9 +154,43 @@ final class ClientTest extends TestCase
             $this->assertSame('x', $c2->get($s, 'v'));
             $real->destroy($s);
         } finally {
-            proc_terminate($proc, 9);
-            proc_close($proc);
-            @unlink($portFile);
+            msession_fake_stop($proc);
+        }
+    }
+
+    public function testKnowsEveryErrorCodeOfTheProtocol(): void
+    {
+        $this->assertSame('UNAVAILABLE', MsessionException::fromCode(19, 'member n2 could not be reached')->getErrorName());
+        $this->assertSame(19, (new MsessionException('UNAVAILABLE'))->getCode());
+        $this->assertSame(range(0, 19), array_keys(MsessionException::NAMES));
+    }
+
+    public function testBusyAnswersAreSentAgainTwice(): void
+    {
+        // BUSY with the request's id: it did not run; sent again after 0.1 s, then 0.3 s
+        [$proc, $fake] = msession_fake_node(1, 2);
+        try {
+            $c = new Client($fake);
+            $t = microtime(true);
+            $this->assertTrue($c->ping());
+            $this->assertGreaterThanOrEqual(0.39, microtime(true) - $t);
+        } finally {
+            msession_fake_stop($proc);
+        }
+        [$proc, $fake] = msession_fake_node(1, 3);
+        try {
+            $this->expectMsessionError('BUSY', fn() => (new Client($fake))->ping());
+        } finally {
+            msession_fake_stop($proc);
+        }
+        [$proc, $fake] = msession_fake_node(1, 1);
+        try {
+            [$a, $b] = (new Client($fake))->pipeline()->ping()->ping()->execute(false);
+            $this->assertInstanceOf(MsessionException::class, $a, 'BUSY before a request that ran: not sent again');
+            $this->assertSame('BUSY', $a->getErrorName());
+            $this->assertTrue($b);
+        } finally {
+            msession_fake_stop($proc);
         }
     }
 

@@ -21,6 +21,51 @@ function msession_dead_port(): int
     return $port;
 }
 
+/**
+ * Starts tests/fake_node.php (see there) for $connections connections;
+ * $busy: answer that many requests BUSY, then PONG.
+ * @return array{0: resource, 1: string} [proc_open handle (stop it with msession_fake_stop), "127.0.0.1:port"]
+ */
+function msession_fake_node(int $connections, ?int $busy = null): array
+{
+    $portFile = tempnam(sys_get_temp_dir(), 'fake');
+    unlink($portFile);
+    $args = [PHP_BINARY, __DIR__ . '/fake_node.php', $portFile, (string)$connections];
+    if ($busy !== null) {
+        $args[] = (string)$busy;
+    }
+    $proc = proc_open($args, [], $pipes);
+    try {
+        $deadline = microtime(true) + 10;
+        while (!is_file($portFile) || filesize($portFile) === 0) {
+            if (microtime(true) > $deadline) {
+                msession_fake_stop($proc);
+                throw new RuntimeException('fake node did not start');
+            }
+            usleep(10000);
+        }
+        return [$proc, '127.0.0.1:' . file_get_contents($portFile)];
+    } finally {
+        @unlink($portFile);
+    }
+}
+
+function msession_fake_stop($proc): void
+{
+    proc_terminate($proc, 9);
+    proc_close($proc);
+}
+
+/** The farm under test (MSESSION_TEST_FARM: its nodes' "host:port" list); the test is skipped without. */
+function msession_test_farm(): array
+{
+    $farm = (string)getenv('MSESSION_TEST_FARM');
+    if ($farm === '') {
+        throw new PHPUnit\Framework\SkippedTestError('MSESSION_TEST_FARM is not set (tests/test_php.py sets it)');
+    }
+    return explode(',', $farm);
+}
+
 /** A fresh unique name for test data. */
 function msession_test_id(string $prefix = 't'): string
 {

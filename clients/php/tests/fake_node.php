@@ -1,11 +1,18 @@
 <?php
-// A misbehaving node for the retry tests: accepts connections, answers HELLO,
-// reads one more request and closes the connection without answering it.
-// Usage: php fake_node.php PORTFILE CONNECTIONS
+// A misbehaving node for the retry tests. Usage: php fake_node.php PORTFILE CONNECTIONS [BUSY]
+// Without BUSY: accepts connections, answers HELLO, reads one more request and
+// closes the connection without answering it.
+// With BUSY (a number): one connection; answers HELLO, then the first BUSY
+// requests with ERR BUSY (with their ids: "did not run"), the later ones "PONG".
 require_once __DIR__ . '/../src/autoload.php';
 $server = stream_socket_server('tcp://127.0.0.1:0');
 file_put_contents($argv[1], substr(strrchr(stream_socket_get_name($server, false), ':'), 1));
+$busy = isset($argv[3]) ? (int)$argv[3] : null;
 $deadline = microtime(true) + 20;
+$answer = function ($c, array $msg): void {
+    $body = msgpack_pack($msg);
+    fwrite($c, pack('N', strlen($body)) . $body);
+};
 for ($i = 0; $i < (int)$argv[2] && microtime(true) < $deadline; $i++) {
     $c = @stream_socket_accept($server, 20);
     if (!$c) {
@@ -24,8 +31,14 @@ for ($i = 0; $i < (int)$argv[2] && microtime(true) < $deadline; $i++) {
         return msgpack_unpack($body);
     };
     $hello = $read();
-    $answer = msgpack_pack([$hello[0], 1, ['version' => 1, 'server' => 'fake', 'max_frame' => 4194304]]);
-    fwrite($c, pack('N', strlen($answer)) . $answer);
-    $read();
-    fclose($c);  // the request may or may not have run: the client cannot know
+    $answer($c, [$hello[0], 1, ['version' => 1, 'server' => 'fake', 'max_frame' => 4194304]]);
+    if ($busy === null) {
+        $read();
+        fclose($c);  // the request may or may not have run: the client cannot know
+        continue;
+    }
+    while (($req = $read()) !== null) {
+        $answer($c, $busy-- > 0 ? [$req[0], 0, [17, 'the farm view is changing']] : [$req[0], 1, 'PONG']);
+    }
+    fclose($c);
 }
