@@ -39,18 +39,21 @@ from node.commands import RUN_LOCAL, CommandError, Node
 from node.config import Config
 from node.logs import RateLimitedLog
 from node.store import random_id
-from protocol.client import AsyncClient, MsessionError
-from protocol.constants import Cmd, Err
+from protocol.client import AsyncClient, MsessionError, _waits
+from protocol.constants import Cmd, Err, error_name
 
 from . import router
+from .link import LinkDown, PeerLink
 from .membership import GossipConfig, Membership, PushPull, SendPacket
 from .ring import Ring, partition_of, ring_for
 
 log = logging.getLogger("msession.cluster")
 
 HANDOFF_BATCH = 500  # sessions per HANDOFF request
+HANDOFF_TIMEOUT = 30.0
 TAKE_WINDOW = 60.0  # seconds a new owner asks the previous one for sessions it lacks
 TAKE_TIMEOUT = 2.0
+GIVEN_KEEP = 30.0  # seconds a member remembers a session it gave, should the answer be lost
 JOIN_GRACE = 5.0  # seconds a starting node with seeds waits to join before serving alone
 SETTLE_TIME = 3.0  # seconds a client's request may wait for the farm's view to settle
 STREAM_TIMEOUT = 5.0  # a push-pull exchange
@@ -79,9 +82,12 @@ class Cluster:
         self.gossip_port = 0
         self.membership: Membership | None = None
         self.ring: Ring = ring_for([])
-        self._peers: dict[str, tuple[tuple[str, int], AsyncClient]] = {}
+        self._peers: dict[str, tuple[tuple[str, int], AsyncClient]] = {}  # for lock waits
+        self._links: dict[tuple[str, bool], PeerLink] = {}  # (member, control?): for everything else
         self._previous: dict[int, tuple[str, float]] = {}  # partition -> (previous owner, since)
+        self._changed = -TAKE_WINDOW  # when the ring last changed
         self._moving: dict[bytes, list] = {}  # sessions on their way to a new owner
+        self._given: dict[bytes, tuple[list, float]] = {}  # sessions given by TAKE, kept a while
         self._routes: tuple[Ring, dict] | None = None
         self._udp: socket.socket | None = None
         self._tcp: trio.SocketListener | None = None
@@ -166,6 +172,8 @@ class Cluster:
             if self._udp is not None:
                 trio.lowlevel.notify_closing(self._udp)
                 self._udp.close()
+            for link in self._links.values():
+                link.close()
             for _addr_, client in self._peers.values():
                 with trio.CancelScope(shield=True):
                     await client.close()
@@ -279,7 +287,7 @@ class Cluster:
             return
         old, new = self.ring, ring_for(live)
         self.ring = new
-        now = trio.current_time()
+        now = self._changed = trio.current_time()
         if set(old.members) <= {self.name}:
             # We just joined (or rejoined): our partitions were the others'.
             old = ring_for(set(live) - {self.name})
@@ -328,7 +336,7 @@ class Cluster:
         where, owner = router.plan(cmd, args, hops, self.ring, self.name)
         if where == router.LOCAL:
             sid = router.session_of(args) if cmd in router.KEYED else None
-            if sid is not None and self._previous and self._missing(sid):
+            if sid is not None and self._missing(sid):
                 if hops == 0:
                     return lambda: self._settled(cmd, args, None)
                 return lambda: self._take_then_local(sid)
@@ -386,7 +394,7 @@ class Cluster:
             try:
                 if owner is None:
                     sid = router.session_of(args)
-                    if sid is not None and self._previous and self._missing(sid):
+                    if sid is not None and self._missing(sid):
                         await self._take(sid)
                     return RUN_LOCAL
                 return await self.forward(owner, 1, cmd, args)
@@ -402,15 +410,42 @@ class Cluster:
 
     async def forward(self, owner: str, hops: int, cmd: int, args: Any) -> Any:
         self.counters["forwarded"] += 1
-        client = self._peer(owner)
+        if _waits(cmd, args):  # a lock that may wait: a connection of its own
+            try:
+                return await self._peer(owner)._call(Cmd.FWD, [hops, cmd, args], _ident)
+            except MsessionError as exc:
+                if exc.code in ("BADCONN", "NOCONNECT") or exc.code not in Err.__members__:
+                    raise self._unreachable(owner, cmd, exc.message, True) from None
+                raise CommandError(exc.code, exc.message) from None
+        return await self.call(owner, Cmd.FWD, [hops, cmd, args], self.config.forward_timeout, cmd)
+
+    async def call(self, name: str, cmd: int, args: list, timeout: float, inner: int | None = None) -> Any:
+        """One request to another member over its shared link; its answer, or
+        CommandError with the member's error (or UNAVAILABLE)."""
+        addr = self._member_addr(name)
+        if addr is None:
+            raise CommandError("UNAVAILABLE", f"member {name} has no known address")
+        # Handoffs and TAKEs go over a link of their own: a member answers a
+        # connection's requests in order, and a forwarded request can wait on
+        # a TAKE to the very member it came from (that would deadlock).
+        key = (name, cmd in (Cmd.TAKE, Cmd.HANDOFF))
+        known = self._links.get(key)
+        if known is None or known.addr != addr:
+            if known is not None:
+                known.close()
+            known = self._links[key] = PeerLink(addr, self._nursery)
         try:
-            return await client._call(Cmd.FWD, [hops, cmd, args], _ident)
-        except MsessionError as exc:
-            if exc.code in ("BADCONN", "NOCONNECT") or exc.code not in Err.__members__:
-                self.counters["forward_errors"] += 1
-                maybe = " (it may have run)" if cmd not in _SAFE else ""
-                raise CommandError("UNAVAILABLE", f"member {owner} could not be reached{maybe}: {exc.message}") from None
-            raise CommandError(exc.code, exc.message) from None
+            resp = await known.call(cmd, args, timeout)
+        except LinkDown as exc:
+            raise self._unreachable(name, inner if inner is not None else cmd, exc.message, exc.sent) from None
+        if resp.ok:
+            return resp.value
+        raise CommandError(error_name(resp.code), resp.message)
+
+    def _unreachable(self, name: str, cmd: int, message: str, sent: bool) -> CommandError:
+        self.counters["forward_errors"] += 1
+        maybe = " (it may have run)" if sent and cmd not in _SAFE else ""
+        return CommandError("UNAVAILABLE", f"member {name} could not be reached{maybe}: {message}")
 
     def release_lock(self, args: Any, key: int) -> None:
         """Unlocks a lock granted to a client that left before hearing of it."""
@@ -463,7 +498,7 @@ class Cluster:
             create = [sid, *args[1:]]
             try:
                 if owner is None or owner == self.name:
-                    if self._previous and self._missing(sid):
+                    if self._missing(sid):
                         await self._take(sid)
                     self.node.execute(Cmd.CREATE, create, self.clock())
                 else:
@@ -478,44 +513,64 @@ class Cluster:
     # -- handoff -------------------------------------------------------------
 
     def _missing(self, sid: bytes) -> bool:
-        if self.node.store.get(sid, self.clock(), touch=False) is not None:
+        """Whether a session we own may be elsewhere: we lack it and the ring
+        changed less than ``TAKE_WINDOW`` seconds ago (a session can stray
+        for a moment to a member whose view differed, whatever partition)."""
+        if trio.current_time() - self._changed > TAKE_WINDOW:
+            self._previous.clear()
             return False
-        entry = self._previous.get(partition_of(sid))
-        if entry is None:
-            return False
-        if trio.current_time() - entry[1] > TAKE_WINDOW:
-            del self._previous[partition_of(sid)]
-            return False
-        return True
+        return self.node.store.get(sid, self.clock(), touch=False) is None
 
     async def _take(self, sid: bytes) -> None:
-        previous, _since = self._previous[partition_of(sid)]
-        member = self.membership.get(previous)
-        if member is None or member.state == "dead":
-            return
+        """Fetches a session we now own from the member that held it.
+
+        Shielded: a state given to us must reach the store even if the client
+        that caused the fetch goes away meanwhile. If the previous owner is
+        gone, does not answer or no longer has it, every other member is asked
+        (one of them may have received it in a handoff under a view that
+        differs from ours)."""
+        previous, _since = self._previous.get(partition_of(sid), (None, 0.0))
         self.counters["takes"] += 1
+        with trio.CancelScope(shield=True):
+            member = self.membership.get(previous) if previous else None
+            if member is not None and member.state != "dead":
+                if await self._take_from(previous, sid):
+                    return
+            # Not there: it may have handed the session on under a view that
+            # differs from ours, or died. Whoever holds it and no longer owns
+            # it gives it up.
+            others = [n for n in self.ring.members if n not in (self.name, previous)]
+            async with trio.open_nursery() as nursery:
+                for name in others:
+                    nursery.start_soon(self._take_from, name, sid)
+
+    async def _take_from(self, name: str, sid: bytes) -> bool | None:
+        """True if ``name`` gave the session, False if it has none, None if it
+        did not answer. Raises BUSY if it still owns it after ``TAKE_TIMEOUT``."""
         delay = 0.02
-        with trio.move_on_after(TAKE_TIMEOUT):
-            while True:
-                try:
-                    state = await self._peer(previous)._call(Cmd.TAKE, [sid], _ident)
-                except MsessionError as exc:
-                    if exc.code == "BUSY":  # its view is behind ours: soon it gives the session up
-                        await trio.sleep(delay)
-                        delay = min(delay * 2, 0.2)
-                        continue
-                    self._log.info("asking %s for a session it held failed: %s", previous, exc)
-                    return
-                except CommandError as exc:
-                    self._log.info("asking %s for a session it held failed: %s", previous, exc.message)
-                    return
-                if state:
-                    try:
-                        self.node.store.merge_in(state, self.clock())
-                    except ValueError:
-                        self._log.info("%s gave a malformed session state", previous)
-                return
-        raise CommandError("BUSY", f"the farm's view is changing ({previous} still holds the session): retry")
+        deadline = trio.current_time() + TAKE_TIMEOUT
+        while True:
+            try:
+                state = await self.call(name, Cmd.TAKE, [sid], TAKE_TIMEOUT)
+            except CommandError as exc:
+                if exc.name == "BUSY":  # its view is behind ours: soon it gives the session up
+                    if trio.current_time() + delay > deadline:
+                        raise CommandError("BUSY", f"the farm's view is changing ({name} still holds the session): retry") from None
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 0.2)
+                    continue
+                self._log.info("asking %s for a session it held failed: %s", name, exc.message)
+                return None
+            if not state:
+                return False
+            try:
+                self.node.store.merge_in(state, self.clock())
+            except ValueError:
+                self._log.info("%s gave a malformed session state", name)
+                return False
+            if self.ring.owner(sid) != self.name:
+                self._handoff_due.set()  # our view moved on meanwhile: pass it on
+            return True
 
     async def _take_then_local(self, sid: bytes) -> Any:
         await self._take(sid)
@@ -530,6 +585,9 @@ class Cluster:
             return moving  # on its way there already: the HANDOFF merges the same state
         s = self.node.store.get(sid, self.clock(), touch=False)
         if s is None:
+            given = self._given.get(sid)
+            if given is not None and trio.current_time() - given[1] < GIVEN_KEEP:
+                return given[0]  # the asker lost our first answer: merging it twice is harmless
             return None
         if self.ring.owner(sid) == self.name and not self.leaving:
             # Ours under our view: the asker's view is ahead of ours. Not ours
@@ -538,6 +596,10 @@ class Cluster:
         state = self.node.store.export(s)
         self.node.store.take(sid)
         self.counters["sessions_handed_off"] += 1
+        now = trio.current_time()
+        if len(self._given) > 10000:
+            self._given = {k: v for k, v in self._given.items() if now - v[1] < GIVEN_KEEP}
+        self._given[sid] = (state, now)
         return state
 
     async def _receive_handoff(self, args: Any) -> Any:
@@ -588,12 +650,12 @@ class Cluster:
                 if not states:
                     continue
                 try:
-                    await self._peer(owner)._call(Cmd.HANDOFF, [states], _ident)
+                    await self.call(owner, Cmd.HANDOFF, [states], HANDOFF_TIMEOUT)
                     sent += len(states)
                     self.counters["sessions_handed_off"] += len(states)
-                except (MsessionError, CommandError) as exc:
+                except CommandError as exc:
                     self.counters["handoff_errors"] += 1
-                    self._log.info("handing %d sessions to %s failed (kept here): %s", len(states), owner, exc)
+                    self._log.info("handing %d sessions to %s failed (kept here): %s", len(states), owner, exc.message)
                     for state in states:
                         if self._moving.get(state[0]) is state:  # not TAKEn meanwhile
                             store.merge_in(state, self.clock())
