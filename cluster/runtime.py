@@ -86,6 +86,7 @@ class Cluster:
         self._links: dict[tuple[str, bool], PeerLink] = {}  # (member, control?): for everything else
         self._previous: dict[int, tuple[str, float]] = {}  # partition -> (previous owner, since)
         self._changed = -TAKE_WINDOW  # when the ring last changed
+        self._solo = False  # ready, and the only member: no routing to do
         self._moving: dict[bytes, list] = {}  # sessions on their way to a new owner
         self._given: dict[bytes, tuple[list, float]] = {}  # sessions given by TAKE, kept a while
         self._routes: tuple[Ring, dict] | None = None
@@ -287,6 +288,7 @@ class Cluster:
             return
         old, new = self.ring, ring_for(live)
         self.ring = new
+        self._solo = len(new.members) <= 1 and self._ready()
         now = self._changed = trio.current_time()
         if set(old.members) <= {self.name}:
             # We just joined (or rejoined): our partitions were the others'.
@@ -326,8 +328,10 @@ class Cluster:
     def route(self, cmd: int, args: Any, hops: int) -> Callable[[], Awaitable[Any]] | None:
         """None to run the request here now; else an async step giving its answer
         (or ``RUN_LOCAL``). Raises CommandError for a request refused here."""
-        if cmd in (Cmd.STATUS, Cmd.ROUTES, Cmd.HANDOFF, Cmd.TAKE, Cmd.UNIQ):
+        if cmd in _SPECIAL:
             return self._special(cmd, args, hops)
+        if self._solo:
+            return None  # a farm of one: everything is ours (the fast path)
         if not self._ready() and (cmd in router.KEYED or cmd in router.GATHER):
             # Members may already route to us, but our view is not the farm's yet.
             if hops:
@@ -362,8 +366,8 @@ class Cluster:
             return lambda: self._receive_handoff(args)
         if cmd == Cmd.TAKE:
             return lambda: self._give(args)
-        if hops > 0:
-            return None  # an UNIQ forwarded by an older member: create here
+        if hops > 0 or self._solo:
+            return None  # an UNIQ forwarded by an older member, or a farm of one: create here
         return lambda: self.uniq(args)
 
     def _ready(self) -> bool:
@@ -371,6 +375,7 @@ class Cluster:
         first node may list seeds that are not up yet: it then serves alone)."""
         if self.membership.joined or trio.current_time() - self._started > JOIN_GRACE:
             self._ready = lambda: True  # once ready, always
+            self._solo = len(self.ring.members) <= 1
             return True
         return False
 
@@ -677,6 +682,7 @@ class Cluster:
         others = [n for n in m.live_names() if n != self.name]
         if others:
             self.ring = ring_for(others)  # from now on we forward everything
+            self._solo = False
         with trio.move_on_after(2):  # the others should know before sessions arrive
             while not m.leave_done():
                 await trio.sleep(0.05)
@@ -759,6 +765,7 @@ class Cluster:
         return out
 
 
+_SPECIAL = frozenset({Cmd.STATUS, Cmd.ROUTES, Cmd.HANDOFF, Cmd.TAKE, Cmd.UNIQ})
 _SAFE = frozenset({Cmd.CTL, Cmd.GETVAL, Cmd.GETALL, Cmd.DATAGET, Cmd.COUNT, Cmd.LIST, Cmd.FIND, Cmd.LISTVAR, Cmd.SETVAL, Cmd.DATASET, Cmd.DROP, Cmd.TIMEOUT})
 
 
