@@ -19,6 +19,7 @@ import socket
 import trio
 
 from protocol.codec import ClientProtocol, ProtocolError, Response
+from protocol.constants import PROTOCOL_VERSION, Cmd
 
 READ_SIZE = 262144
 MAX_ANSWER = 256 * 1024 * 1024
@@ -67,7 +68,8 @@ class PeerLink:
                 await self._send(sock, data)
                 await slot.event.wait()
             finally:
-                self._pending.pop(rid, None)
+                if self._pending.get(rid) is slot:  # ids restart on a new connection
+                    del self._pending[rid]
         if scope.cancelled_caught:
             raise LinkDown(f"no answer within {timeout:g} s", sent=True)
         if slot.error is not None:
@@ -89,8 +91,18 @@ class PeerLink:
                 sock = socket.socket(fileno=stream.socket.detach())
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._sock, self._proto = sock, ClientProtocol(MAX_ANSWER)
-                self._nursery.start_soon(self._read, sock, self._proto)
+                proto = ClientProtocol(MAX_ANSWER)
+                # Say we are a member (its answer is read and dropped): the
+                # member then allows our frames FWD's few bytes of envelope
+                # above max_frame. The first bytes on a new socket go out whole.
+                _rid, hello = proto.request(Cmd.HELLO, [PROTOCOL_VERSION, {"member": True}])
+                try:
+                    sock.send(hello)
+                except OSError as exc:
+                    sock.close()
+                    raise LinkDown(f"cannot talk to {self.addr[0]}:{self.addr[1]}: {exc}", sent=False) from None
+                self._sock, self._proto = sock, proto
+                self._nursery.start_soon(self._read, sock, proto)
         return self._sock, self._proto  # type: ignore[return-value]
 
     async def _send(self, sock: socket.socket, data: bytes) -> None:

@@ -49,7 +49,6 @@ from .ring import Ring, partition_of, ring_for
 
 log = logging.getLogger("msession.cluster")
 
-HANDOFF_BATCH = 500  # sessions per HANDOFF request
 HANDOFF_TIMEOUT = 30.0
 TAKE_WINDOW = 60.0  # seconds a new owner asks the previous one for sessions it lacks
 TAKE_TIMEOUT = 2.0
@@ -238,6 +237,8 @@ class Cluster:
         for kind, member in m.take_events():
             if kind in ("join", "dead", "left", "alive", "reaped"):
                 log.info("member %s (%s:%d): %s", member.name, member.addr[0], member.addr[1], kind)
+            if kind in ("dead", "left", "reaped"):
+                self._forget(member.name)
             changed = True
         if m.conflict:
             raise SystemExit(f"msession: {m.conflict}")
@@ -288,16 +289,26 @@ class Cluster:
             return
         old, new = self.ring, ring_for(live)
         self.ring = new
-        self._solo = len(new.members) <= 1 and self._ready()
+        self._solo = False  # until TAKE_WINDOW has passed (see _missing)
         now = self._changed = trio.current_time()
-        if set(old.members) <= {self.name}:
-            # We just joined (or rejoined): our partitions were the others'.
+        if set(old.members) <= {self.name} and not len(self.node.store):
+            # We just joined (or rejoined, empty): our partitions were the others'.
             old = ring_for(set(live) - {self.name})
         for p, (was, now_owner) in enumerate(zip(old.owners, new.owners)):
             if now_owner == self.name and was != self.name and was is not None:
                 self._previous[p] = (was, now)
         log.info("ring %s: %d members", new.id, len(new))
         self._handoff_due.set()
+
+    def _forget(self, name: str) -> None:
+        """Closes the connections to a member that is gone."""
+        for key in ((name, False), (name, True)):
+            link = self._links.pop(key, None)
+            if link is not None:
+                link.close()
+        peer = self._peers.pop(name, None)
+        if peer is not None and self._nursery is not None:
+            self._nursery.start_soon(peer[1].close)
 
     def _member_addr(self, name: str) -> tuple[str, int] | None:
         member = self.membership.get(name)
@@ -401,6 +412,9 @@ class Cluster:
                     sid = router.session_of(args)
                     if sid is not None and self._missing(sid):
                         await self._take(sid)
+                        where, owner = router.plan(cmd, args, 0, self.ring, self.name)
+                        if where == router.FORWARD:
+                            continue  # the view moved on while we fetched it
                     return RUN_LOCAL
                 return await self.forward(owner, 1, cmd, args)
             except CommandError as exc:
@@ -518,13 +532,15 @@ class Cluster:
     # -- handoff -------------------------------------------------------------
 
     def _missing(self, sid: bytes) -> bool:
-        """Whether a session we own may be elsewhere: we lack it and the ring
-        changed less than ``TAKE_WINDOW`` seconds ago (a session can stray
-        for a moment to a member whose view differed, whatever partition)."""
+        """Whether a session we own may still be elsewhere: its partition came
+        to us less than ``TAKE_WINDOW`` seconds ago and we lack it."""
+        if not self._previous:
+            return False
         if trio.current_time() - self._changed > TAKE_WINDOW:
             self._previous.clear()
+            self._solo = len(self.ring.members) <= 1 and self._ready()
             return False
-        return self.node.store.get(sid, self.clock(), touch=False) is None
+        return partition_of(sid) in self._previous and self.node.store.get(sid, self.clock(), touch=False) is None
 
     async def _take(self, sid: bytes) -> None:
         """Fetches a session we now own from the member that held it.
@@ -545,9 +561,19 @@ class Cluster:
             # differs from ours, or died. Whoever holds it and no longer owns
             # it gives it up.
             others = [n for n in self.ring.members if n not in (self.name, previous)]
+            busy: list[CommandError] = []
+
+            async def ask(name: str) -> None:
+                try:
+                    await self._take_from(name, sid)
+                except CommandError as exc:
+                    busy.append(exc)
+
             async with trio.open_nursery() as nursery:
                 for name in others:
-                    nursery.start_soon(self._take_from, name, sid)
+                    nursery.start_soon(ask, name)
+            if busy:
+                raise busy[0]
 
     async def _take_from(self, name: str, sid: bytes) -> bool | None:
         """True if ``name`` gave the session, False if it has none, None if it
@@ -579,6 +605,8 @@ class Cluster:
 
     async def _take_then_local(self, sid: bytes) -> Any:
         await self._take(sid)
+        if self.ring.owner(sid) != self.name:
+            raise CommandError("BUSY", "the farm's view changed while the session moved: retry")
         return RUN_LOCAL
 
     async def _give(self, args: Any) -> Any:
@@ -642,20 +670,32 @@ class Cluster:
             if owner is not None and owner != self.name:
                 moving.setdefault(owner, []).append(s.sid)
         sent = 0
+        budget = self.config.max_frame // 2  # a HANDOFF stays well inside the receiver's frame limit
         for owner, sids in moving.items():
-            for i in range(0, len(sids), HANDOFF_BATCH):
-                states = []
-                for sid in sids[i:i + HANDOFF_BATCH]:
-                    s = store.get(sid, self.clock(), touch=False)
-                    if s is not None and (self.leaving or self.node.locks.holder(sid) == 0):
-                        state = store.export(s)
-                        states.append(state)
-                        store.take(sid)  # gone from here before it exists there: never two holders
-                        self._moving[sid] = state  # but a TAKE meanwhile still finds it
+            pending = sids[::-1]
+            while pending:
+                states: list[list] = []
+                size = 0
+                while pending:
+                    s = store.get(pending[-1], self.clock(), touch=False)
+                    if s is None:
+                        pending.pop()
+                        continue
+                    cost = _state_size(s)
+                    if states and size + cost > budget:
+                        break
+                    pending.pop()
+                    state = store.export(s)  # a lock stays behind (docs/cluster.md)
+                    states.append(state)
+                    store.take(s.sid)  # gone from here before it exists there: never two holders
+                    self._moving[s.sid] = state  # but a TAKE meanwhile still finds it
+                    size += cost
                 if not states:
                     continue
                 try:
-                    await self.call(owner, Cmd.HANDOFF, [states], HANDOFF_TIMEOUT)
+                    # One request, or one per part of a session too big for one.
+                    for batch in [states] if len(states) > 1 else [[p] for p in _split(states[0], budget)]:
+                        await self.call(owner, Cmd.HANDOFF, [batch], HANDOFF_TIMEOUT)
                     sent += len(states)
                     self.counters["sessions_handed_off"] += len(states)
                 except CommandError as exc:
@@ -665,6 +705,7 @@ class Cluster:
                         if self._moving.get(state[0]) is state:  # not TAKEn meanwhile
                             store.merge_in(state, self.clock())
                     self._handoff_due.set()  # again, with the view of then
+                    pending.clear()
                 finally:
                     for state in states:
                         if self._moving.get(state[0]) is state:
@@ -695,8 +736,9 @@ class Cluster:
             if not len(self.node.store):
                 break
             await trio.sleep(0.2)
-        if len(self.node.store):
-            log.warning("left the farm with %d sessions not handed on", len(self.node.store))
+        left_behind = len(self.node.store) + len(self._moving)
+        if left_behind:
+            log.warning("left the farm with %d sessions not handed on", left_behind)
 
     # -- status ----------------------------------------------------------------
 
@@ -767,6 +809,30 @@ class Cluster:
 
 _SPECIAL = frozenset({Cmd.STATUS, Cmd.ROUTES, Cmd.HANDOFF, Cmd.TAKE, Cmd.UNIQ})
 _SAFE = frozenset({Cmd.CTL, Cmd.GETVAL, Cmd.GETALL, Cmd.DATAGET, Cmd.COUNT, Cmd.LIST, Cmd.FIND, Cmd.LISTVAR, Cmd.SETVAL, Cmd.DATASET, Cmd.DROP, Cmd.TIMEOUT})
+
+
+def _state_size(s) -> int:
+    """About the encoded size of a session's state, in bytes."""
+    return 64 + len(s.sid) + len(s.classname) + len(s.data) + sum(len(n) + len(v) + 16 for n, (v, _) in s.vars.items())
+
+
+def _split(state: list, budget: int) -> list[list]:
+    """A session's state as parts of about ``budget`` bytes at most; merged in
+    any order they give the whole (variables and data merge by version)."""
+    sid, classname, data, data_version, variables, ctime, atime, timeout = state
+    parts, chunk, size = [], [], len(data)
+    for var in variables:
+        cost = len(var[0]) + len(var[1]) + 16
+        if chunk and size + cost > budget:
+            parts.append(chunk)
+            chunk, size = [], 0
+        chunk.append(var)
+        size += cost
+    parts.append(chunk)
+    return [
+        [sid, classname, data if i == 0 else b"", data_version if i == 0 else 0, chunk, ctime, atime, timeout]
+        for i, chunk in enumerate(parts)
+    ]
 
 
 async def _value(value: Any) -> Any:

@@ -103,6 +103,14 @@ class _Conn:
 _LEFT = object()  # the client went away while its request ran elsewhere
 
 
+MEMBER_SLACK = 64 * 1024  # bytes a member's connection may exceed max_frame by (FWD's envelope)
+
+
+def _from_member(args: Any) -> bool:
+    """HELLO [version, {"member": true, ...}]: another member of the farm."""
+    return len(args) > 1 and type(args[1]) is dict and args[1].get(b"member", args[1].get("member")) is True
+
+
 def _unwrap(args: Any) -> tuple[int, Any, int]:
     """The request inside a FWD: (cmd, args, hops)."""
     if (type(args) is not list or len(args) != 3 or type(args[0]) is not int or type(args[1]) is not int
@@ -286,6 +294,9 @@ class Server:
                         step = None
                 if step is None:
                     result = self.node.execute(cmd, args, self.clock())
+                    if cmd == Cmd.HELLO and self.cluster is not None and _from_member(args):
+                        # Forwarded requests carry an envelope: room for it.
+                        conn.decoder.max_frame = self.config.max_frame + MEMBER_SLACK
                 if type(result) is LockWait:
                     flush = b"".join(out)
                     out.clear()
@@ -299,7 +310,7 @@ class Server:
             except CommandError as exc:
                 answer = encoder.error(req.id, exc.code, exc.message)
             except Exception as exc:  # a bug must not take the node down
-                log.exception("internal error on command %s", req.cmd)
+                self._log.info("internal error on command %s", req.cmd, exc_info=True)  # rate-limited
                 answer = encoder.error(req.id, Err.UNKNOWN, f"internal error: {type(exc).__name__}")
             out.append(answer)
             size += len(answer)
@@ -331,6 +342,9 @@ class Server:
                         outcome.append(("ok", await step()))
                     except (CommandError, ConnectionError) as exc:
                         outcome.append(("error", exc))
+                    except Exception as exc:  # a bug must not take the node down
+                        self._log.info("internal error on a forwarded lock: %r", exc)
+                        outcome.append(("error", CommandError("UNKNOWN", f"internal error: {type(exc).__name__}")))
                     nursery.cancel_scope.cancel()
 
                 async def watch() -> None:

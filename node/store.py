@@ -37,6 +37,7 @@ _hook_log = RateLimitedLog(logging.getLogger("msession.plugins"))
 
 _INTEGER = re.compile(rb"-?[0-9]{1,20}")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+TOMBSTONE_KEEP = 300.0  # seconds a dropped id refuses older copies (handoffs finish well within)
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
@@ -155,6 +156,10 @@ class Store:
         self._bucket_heap: list[int] = []
         self.expired_total = 0
         self.hook_errors = 0
+        # Recently dropped ids and the version of the drop: a copy of the
+        # session arriving from elsewhere (a late handoff) must not bring it
+        # back. Kept TOMBSTONE_KEEP seconds, oldest first.
+        self._dropped: dict[bytes, tuple[int, float]] = {}
 
     # -- reading -----------------------------------------------------------
 
@@ -245,6 +250,7 @@ class Store:
             if s is not None:
                 self._remove(s)
                 self._run(self.hooks.on_destroy, s)
+            self._bury(u.sid, u.version, now)
             return True
         if type(u) is SetTimeout:
             s = self.require(u.sid, now)
@@ -303,6 +309,10 @@ class Store:
         if atime + timeout <= now:
             return False
         newest = max([data_version] + [ver for _, _, ver in pairs])
+        self._bury(None, 0, now)
+        tomb = self._dropped.get(sid)
+        if tomb is not None and newest <= tomb[0]:
+            return False  # a copy from before it was dropped here
         self.hlc.observe(newest, now)  # versions made here later must sort after these
         s = self._sessions.get(sid)
         if s is None or s.deadline <= now:
@@ -324,6 +334,18 @@ class Store:
             if old is None or old[1] < version:
                 s.vars[name] = (value, version)
         return True
+
+    def _bury(self, sid: bytes | None, version: int, now: float) -> None:
+        """Records a drop (``sid`` not None) and forgets old ones."""
+        dropped = self._dropped
+        while dropped:
+            first = next(iter(dropped))
+            if now - dropped[first][1] <= TOMBSTONE_KEEP:
+                break
+            del dropped[first]
+        if sid is not None:
+            dropped.pop(sid, None)  # re-insert: the dict stays in time order
+            dropped[sid] = (version, now)
 
     # -- expiry ------------------------------------------------------------
 

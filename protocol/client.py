@@ -362,11 +362,22 @@ def _result(resp: Response, convert: Callable) -> Any:
     return convert(resp.value)
 
 
+def _wait_ms(args: list) -> int | None:
+    """SLOCK's wait_ms as the node will read it (None: its default, which may wait)."""
+    if len(args) < 2 or args[1] is None:
+        return None
+    try:
+        return int(args[1])  # the node also takes a number written as a string
+    except (TypeError, ValueError):
+        return 0  # the node refuses it (BADARG) without waiting
+
+
 def _lock_wait(cmd: int, args: list) -> float:
     """Extra seconds a request may legitimately take on the server."""
     if cmd == Cmd.SLOCK:
-        return args[1] / 1000.0 if len(args) > 1 and args[1] is not None else 300.0
-    if cmd == Cmd.FWD:  # a request one member forwards to another: [hops, cmd, args]
+        wait = _wait_ms(args)
+        return 300.0 if wait is None else max(0, wait) / 1000.0
+    if cmd == Cmd.FWD and len(args) == 3 and type(args[2]) is list:  # [hops, cmd, args]
         return _lock_wait(args[1], args[2])
     return 0.0
 
@@ -557,9 +568,12 @@ class _Slot:
 
 def _waits(cmd: int, args: list) -> bool:
     """An SLOCK that may wait: it holds back every later answer on its connection."""
-    if cmd == Cmd.FWD:
+    if cmd == Cmd.FWD and len(args) == 3 and type(args[2]) is list:
         return _waits(args[1], args[2])
-    return cmd == Cmd.SLOCK and (len(args) < 2 or args[1] is None or args[1] > 0)
+    if cmd != Cmd.SLOCK:
+        return False
+    wait = _wait_ms(args)
+    return wait is None or wait > 0
 
 
 class _AsyncConn:

@@ -169,3 +169,24 @@ def test_routes_table_matches_the_ring(farm):
         partition = int.from_bytes(hashlib.blake2b(sid, digest_size=8).digest(), "big") >> 52
         index = int.from_bytes(owners[2 * partition: 2 * partition + 2], "big")
         assert names[index] == ring.owner(sid)
+
+
+def test_a_dropped_session_does_not_come_back_with_an_older_copy():
+    src = filled({b"a": b"1"}, NOW)
+    old_copy = src.export(src.get(b"S", NOW))
+    dst = stm.Store()
+    assert dst.merge_in(old_copy, NOW + 1)
+    dst.apply(stm.Drop(b"S", dst.version(NOW + 2)), NOW + 2)
+    assert not dst.merge_in(old_copy, NOW + 3)  # a late handoff or a replayed TAKE
+    assert dst.get(b"S", NOW + 3) is None
+    # A session created again under the same id is a new one and merges as usual.
+    dst.apply(stm.Create(b"S", dst.version(NOW + 4)), NOW + 4)
+    newer = stm.Store()
+    newer.apply(stm.Create(b"S", newer.version(NOW + 10)), NOW + 10)
+    newer.apply(stm.SetVars(b"S", newer.version(NOW + 10), {b"b": b"2"}), NOW + 10)
+    assert dst.merge_in(newer.export(newer.get(b"S", NOW + 10)), NOW + 11)
+    assert dst.get(b"S", NOW + 11).values() == {b"b": b"2"}
+    # Tombstones are forgotten after a while.
+    dst.apply(stm.Drop(b"T", dst.version(NOW + 12)), NOW + 12)
+    dst.merge_in(newer.export(newer.get(b"S", NOW + 10)), NOW + 12 + stm.TOMBSTONE_KEEP + 1)
+    assert b"T" not in dst._dropped
