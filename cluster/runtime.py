@@ -630,9 +630,14 @@ class Cluster:
         self.node.store.take(sid)
         self.counters["sessions_handed_off"] += 1
         now = trio.current_time()
-        if len(self._given) > 10000:
-            self._given = {k: v for k, v in self._given.items() if now - v[1] < GIVEN_KEEP}
-        self._given[sid] = (state, now)
+        given = self._given
+        while given:  # oldest first: forget what is past keeping
+            first = next(iter(given))
+            if now - given[first][1] < GIVEN_KEEP:
+                break
+            del given[first]
+        given.pop(sid, None)
+        given[sid] = (state, now)
         return state
 
     async def _receive_handoff(self, args: Any) -> Any:
