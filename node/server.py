@@ -57,7 +57,7 @@ class _Conn:
     end cannot starve the others.
     """
 
-    __slots__ = ("sock", "decoder", "eof", "peer", "scope", "timer", "cut")
+    __slots__ = ("sock", "decoder", "eof", "peer", "scope", "timer", "cut", "send_lock")
 
     def __init__(self, sock: socket.socket, addr: Any, config: Config):
         self.sock = sock
@@ -67,6 +67,10 @@ class _Conn:
         self.timer = ConnDeadline(config.idle_timeout, config.frame_timeout, trio.current_time())
         self.scope = trio.CancelScope(deadline=self.timer.deadline)  # carries the timer's deadline
         self.cut = False  # an answer was cut off mid-send: nothing more may be sent
+        # Set for another member's connection: it matches answers by id, so a
+        # request that waits on the farm is answered when ready, out of order,
+        # and holds back nothing behind it. Answers then go out under this lock.
+        self.send_lock: trio.Lock | None = None
 
     def sync_deadline(self) -> None:
         if self.scope.deadline != self.timer.deadline:  # moving it costs: only on change
@@ -125,6 +129,7 @@ class Server:
         self.clock = clock
         self.node = Node(config, clock)
         self.cluster = None  # set by main_async in a farm: cluster.runtime.Cluster
+        self._nursery: trio.Nursery | None = None
         self.counters = Counters()
         self.connections = 0
         self.ports: list[tuple[str, int]] = []
@@ -166,6 +171,7 @@ class Server:
             await self.listen()
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._housekeeping)
                 for sock in self._listeners:
                     nursery.start_soon(self._accept, sock, nursery)
@@ -282,9 +288,12 @@ class Server:
                     if cmd == Cmd.FWD:
                         cmd, args, hops = _unwrap(args)
                     step = self.cluster.route(cmd, args, hops)
+                if step is not None and conn.send_lock is not None and self._nursery is not None:
+                    self._nursery.start_soon(self._answer_later, conn, req.id, cmd, args, step)
+                    continue
                 if step is not None:
                     if out:  # answers so far go out before we wait on another member
-                        await conn.send(b"".join(out))
+                        await self._send(conn, b"".join(out))
                         out.clear()
                         size = 0
                     result = await self._remote(conn, step, cmd == Cmd.SLOCK, args)
@@ -297,6 +306,7 @@ class Server:
                     if cmd == Cmd.HELLO and self.cluster is not None and _from_member(args):
                         # Forwarded requests carry an envelope: room for it.
                         conn.decoder.max_frame = self.config.max_frame + MEMBER_SLACK
+                        conn.send_lock = conn.send_lock or trio.Lock()
                 if type(result) is LockWait:
                     flush = b"".join(out)
                     out.clear()
@@ -315,14 +325,43 @@ class Server:
             out.append(answer)
             size += len(answer)
             if size >= SEND_THRESHOLD:  # do not let a burst of reads pile up answers
-                await conn.send(b"".join(out))
+                await self._send(conn, b"".join(out))
                 out.clear()
                 size = 0
             if answered % YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()  # a long pipeline must not starve the others
         if out:
-            await conn.send(b"".join(out))
+            await self._send(conn, b"".join(out))
         return answered
+
+    @staticmethod
+    async def _send(conn: _Conn, data: bytes) -> None:
+        if conn.send_lock is None:
+            await conn.send(data)
+        else:
+            async with conn.send_lock:
+                await conn.send(data)
+
+    async def _answer_later(self, conn: _Conn, rid: Any, cmd: int, args: Any, step: Callable) -> None:
+        """A member's request that waits on the farm, answered when ready."""
+        try:
+            try:
+                result = await step()
+                if result is RUN_LOCAL:
+                    result = self.node.execute(cmd, args, self.clock())
+                    if type(result) is LockWait:  # waiting locks come on connections of their own
+                        self.node.locks.cancel(result.sid, result.waiter)
+                        raise CommandError("LOCKED", "session is locked")
+                answer = self._encoder.ok(rid, result)
+            except CommandError as exc:
+                answer = self._encoder.error(rid, exc.code, exc.message)
+            except Exception as exc:  # a bug must not take the node down
+                self._log.info("internal error on command %s", cmd, exc_info=True)
+                answer = self._encoder.error(rid, Err.UNKNOWN, f"internal error: {type(exc).__name__}")
+            if not conn.eof and conn.sock.fileno() >= 0:
+                await self._send(conn, answer)
+        except (ConnectionError, OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the member went away meanwhile
 
     async def _remote(self, conn: _Conn, step: Callable, waits: bool, args: Any) -> Any:
         """Runs a request's step on other members. A lock that may wait also
@@ -392,7 +431,7 @@ class Server:
         left = delivered = False
         try:
             if flush:
-                await conn.send(flush)  # under the idle deadline: the client must read
+                await self._send(conn, flush)  # under the idle deadline: the client must read
             conn.scope.deadline = math.inf  # the wait has its own limit
             if not lw.waiter.key:
                 async with trio.open_nursery() as nursery:
