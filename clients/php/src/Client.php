@@ -74,6 +74,8 @@ final class Client
     /** @var array<int, resource> persistent sockets in the middle of an exchange (this PHP request) */
     private static array $inFlight = [];
     private static bool $shutdownGuard = false;
+    /** @var resource|null the stream context of new sockets (TCP_NODELAY) */
+    private static $context = null;
 
     /** @var resource|null */
     private $sock = null;
@@ -86,11 +88,16 @@ final class Client
     /** @var array<string, true> addresses that failed during this client's life: tried last */
     private array $down = [];
     private ?string $routeKey = null;
+    /** @var list<string> target() of each node */
+    private array $targets;
+    /** @var array<string, list<array{0:string,1:int}>> parseNodes() of node list strings, in this PHP request */
+    private static array $parsed = [];
 
     /** @param string|list<string> $nodes "host:port,host:port" or a list of "host[:port]" */
     public function __construct(string|array $nodes = '127.0.0.1:8086', array $options = [])
     {
         $this->nodes = self::parseNodes($nodes);
+        $this->targets = array_map([self::class, 'target'], $this->nodes);
         $this->timeout = (float)($options['timeout'] ?? 10.0);
         $this->connectTimeout = (float)($options['connect_timeout'] ?? 2.0);
         $this->maxAnswer = (int)($options['max_answer'] ?? 256 * 1024 * 1024);
@@ -109,7 +116,13 @@ final class Client
     public static function parseNodes(string|array $nodes): array
     {
         if (is_string($nodes)) {
-            $nodes = explode(',', $nodes);
+            if (isset(self::$parsed[$nodes])) {
+                return self::$parsed[$nodes];  // the session handler parses save_path twice per request
+            }
+            if (count(self::$parsed) >= 16) {
+                self::$parsed = [];
+            }
+            return self::$parsed[$nodes] = self::parseNodes(explode(',', $nodes));
         }
         $out = [];
         foreach ($nodes as $spec) {
@@ -215,7 +228,7 @@ final class Client
     /** Connects now (to the first node that answers) unless connected. */
     public function connect(): void
     {
-        if ($this->sock === null || $this->addr !== self::target($this->nodes[$this->current]) || $this->stale()) {
+        if ($this->sock === null || $this->addr !== $this->targets[$this->current] || $this->stale()) {
             $this->open();
         }
     }
@@ -440,7 +453,7 @@ final class Client
     /** The farm's table: cached, else asked of the nodes (ROUTES) and cached for route_ttl seconds. */
     public function routes(): ?Routes
     {
-        $this->routeKey ??= Routes::key(array_map([self::class, 'target'], $this->nodes));
+        $this->routeKey ??= Routes::key($this->targets);
         $table = Routes::cached($this->routeKey);
         if ($table !== null) {
             return $table;
@@ -462,7 +475,7 @@ final class Client
     private function ownerDown(string $owner): void
     {
         $this->down[$owner] = true;
-        $this->routeKey ??= Routes::key(array_map([self::class, 'target'], $this->nodes));
+        $this->routeKey ??= Routes::key($this->targets);
         Routes::store($this->routeKey, Routes::fromAnswer(null, $this->routeTtl));
     }
 
@@ -478,12 +491,12 @@ final class Client
         $order = [];
         for ($i = 0; $i < $n; $i++) {
             $index = ($this->current + $i) % $n;
-            $order[isset($this->down[self::target($this->nodes[$index])]) ? $n + $i : $i] = $index;
+            $order[isset($this->down[$this->targets[$index]]) ? $n + $i : $i] = $index;
         }
         ksort($order);
         foreach ($order as $index) {
             $error = null;
-            if ($this->attach(self::target($this->nodes[$index]), $error)) {
+            if ($this->attach($this->targets[$index], $error)) {
                 $this->current = $index;
                 return;
             }
@@ -495,11 +508,11 @@ final class Client
     /** @return resource|false a connected non-blocking socket (persistent: maybe an earlier request's) */
     private function socket(string $target, ?int &$errno, ?string &$errstr)
     {
-        $ctx = stream_context_create(['socket' => ['tcp_nodelay' => true]]);
+        self::$context ??= stream_context_create(['socket' => ['tcp_nodelay' => true]]);
         $flags = $this->persistent ? STREAM_CLIENT_CONNECT | STREAM_CLIENT_PERSISTENT : STREAM_CLIENT_CONNECT;
-        $sock = @stream_socket_client("tcp://$target", $errno, $errstr, $this->connectTimeout, $flags, $ctx);
-        if ($sock !== false) {
-            stream_set_blocking($sock, false);
+        $sock = @stream_socket_client("tcp://$target", $errno, $errstr, $this->connectTimeout, $flags, self::$context);
+        if ($sock !== false && ftell($sock) === 0) {
+            stream_set_blocking($sock, false);  // a reused persistent socket (it sent something) is non-blocking already
         }
         return $sock;
     }
@@ -551,10 +564,15 @@ final class Client
             }
         }
         $answers = [];
-        $sent = 0;
         $total = strlen($out);
         $deadline = microtime(true) + $timeout;
-        while (count($answers) < count($ids)) {
+        // The batch usually fits the socket's send buffer: write it at once, no select first.
+        $sent = @fwrite($this->sock, $out);
+        if ($sent === false || ($sent === 0 && feof($this->sock))) {
+            throw new NotExecuted(new MsessionException('BADCONN', 'connection closed before the request was sent'));
+        }
+        $expected = count($ids);
+        while (count($answers) < $expected) {
             $left = $deadline - microtime(true);
             if ($left <= 0) {
                 throw new ConnectionFailed(sprintf('no answer within %g s', $timeout));

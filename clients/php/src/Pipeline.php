@@ -39,9 +39,13 @@ final class Pipeline
         if (!$queued) {
             return [];
         }
-        $answers = $this->client->exchange(array_map(fn($q) => [$q[0], $q[1]], $queued));
+        $answers = $this->client->exchange($queued);  // [cmd, args, convert]: exchange() reads [cmd, args]
         $out = [];
         foreach ($answers as $i => $answer) {
+            if ($answer[0] === 1) {
+                $out[] = $queued[$i][2] ? $queued[$i][2]($answer[1]) : $answer[1];
+                continue;
+            }
             try {
                 $out[] = Client::result($answer, $queued[$i][2]);
             } catch (MsessionException $e) {

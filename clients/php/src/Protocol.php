@@ -40,11 +40,44 @@ final class Protocol
 
     public static function request(int $id, int $cmd, array $args): string
     {
-        $body = "\x93" . msgpack_pack($id) . msgpack_pack($cmd) . self::arrayHeader(count($args));
+        // The common case (a list of strings, ints, nulls) in one msgpack_pack() call.
+        $plain = array_is_list($args);
+        foreach ($args as $arg) {
+            if (!is_string($arg) && !is_int($arg) && $arg !== null) {
+                $plain = false;
+                break;
+            }
+        }
+        if ($plain) {
+            $body = msgpack_pack([$id, $cmd, $args]);
+            return pack('N', strlen($body)) . $body;
+        }
+        $n = count($args);
+        $body = "\x93" . self::int($id) . self::int($cmd) . ($n < 16 ? chr(0x90 | $n) : self::arrayHeader($n));
         foreach ($args as $arg) {
             $body .= self::value($arg);
         }
         return pack('N', strlen($body)) . $body;
+    }
+
+    /** A non-negative int below 2^32 by hand (as msgpack_pack() would), else msgpack_pack(). */
+    private static function int(int $v): string
+    {
+        if ($v >= 0) {
+            if ($v < 128) {
+                return chr($v);
+            }
+            if ($v < 256) {
+                return "\xcc" . chr($v);
+            }
+            if ($v < 65536) {
+                return "\xcd" . pack('n', $v);
+            }
+            if ($v <= 0xFFFFFFFF) {
+                return "\xce" . pack('N', $v);
+            }
+        }
+        return msgpack_pack($v);
     }
 
     private static function value(mixed $v): string
@@ -52,7 +85,9 @@ final class Protocol
         if ($v instanceof Map) {
             $out = self::mapHeader(count($v->pairs));
             foreach ($v->pairs as $k => $val) {
-                $out .= msgpack_pack((string)$k) . self::value($val);
+                $k = (string)$k;
+                $len = strlen($k);
+                $out .= ($len < 32 ? chr(0xa0 | $len) . $k : msgpack_pack($k)) . (is_string($val) && strlen($val) < 32 ? chr(0xa0 | strlen($val)) . $val : self::value($val));
             }
             return $out;
         }

@@ -216,7 +216,11 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         } else {
             $this->existed[$id] = true;
         }
-        $vars = array_filter($vars, fn($v) => $v !== self::TOMBSTONE);
+        foreach ($vars as $k => $v) {
+            if ($v === self::TOMBSTONE) {
+                unset($vars[$k]);
+            }
+        }
         $this->seen[$id] = $vars;
         return self::encode($vars);
     }
