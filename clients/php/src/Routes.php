@@ -11,7 +11,7 @@ namespace Msession;
  * A session's partition is the top 12 bits of the unkeyed BLAKE2b hash of
  * its id with an 8-byte digest, read big-endian; the table names the member
  * owning each of the 4096 partitions. The hash is computed here in PHP
- * (about 40 us): ext-sodium's sodium_crypto_generichash() refuses digests
+ * (about 25 us; not at all when one member owns every partition): ext-sodium's sodium_crypto_generichash() refuses digests
  * shorter than 16 bytes, and an 8-byte BLAKE2b digest is not a truncated
  * 16-byte one (the length is hashed in).
  *
