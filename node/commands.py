@@ -314,7 +314,11 @@ class Node:
         sid = self._sid(args[0])
         if len(args) == 1:
             return self.store.require(sid, now).timeout
-        return self.store.apply(st.SetTimeout(sid, self.store.version(now), self._timeout(args[1])), now)
+        seconds = self._timeout(args[1])
+        s = self.store.require(sid, now)  # an access: restarts the inactivity timer
+        if s.timeout == seconds:
+            return seconds  # the PHP handler sets the same timeout on every read: nothing to change
+        return self.store.apply(st.SetTimeout(sid, self.store.version(now), seconds), now)
 
     def ctl(self, args, now):
         _arity(args, 1, 2, "CTL session [EXIST|TTL|AGE|TLA|CTIME|TOUCH|NOW]")
