@@ -305,7 +305,9 @@ def test_forwarded_lock_waits_and_is_granted_on_unlock_through_a_third_node(farm
         assert not t.is_alive()
         kind, key2 = box["result"]
         assert kind == "ok" and isinstance(key2, int) and key2 != key, box
-        assert box["done"] - unlocked < 1.0, f"granted {box['done'] - unlocked:.3f} s after the unlock"
+        # Granted on the unlock, not at the end of the 10 s wait or the 30 s lease
+        # (5 s leaves room for a loaded machine; speed is measured in bench/).
+        assert box["done"] - unlocked < 5.0, f"granted {box['done'] - unlocked:.3f} s after the unlock"
         assert outcome(ca.lock, sid, wait=0) == ("error", "LOCKED")
         assert outcome(cc.unlock, sid, key)[0] == "error"  # the old key is spent
         cb.unlock(sid, key2)
@@ -353,7 +355,7 @@ def test_waiter_on_a_forwarded_lock_that_disconnects_does_not_keep_it(farm):
         t.join(5)
         assert not t.is_alive(), "the second waiter never got the lock"
         assert box["result"][0] == "ok", box
-        assert box["done"] - unlocked < 1.0, f"the next waiter got it {box['done'] - unlocked:.3f} s after the unlock"
+        assert box["done"] - unlocked < 5.0, f"the next waiter got it {box['done'] - unlocked:.3f} s after the unlock"
         cc.unlock(sid, box["result"][1])
 
         # The same with no other waiter: a fresh lock gets it at once.
@@ -365,7 +367,7 @@ def test_waiter_on_a_forwarded_lock_that_disconnects_does_not_keep_it(farm):
         started = time.monotonic()
         with Client(nodes=[b.address]) as cb:
             key = cb.lock(sid, wait=3)
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 3.0  # at once, not after the 20 s wait of the waiter that left
         ca.unlock(sid, key)
 
 
