@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: unpipelined,pipelined")
     p.add_argument("--msession-cmd", metavar="CMD",
                    help="command that starts the node instead of the default "
-                   "'<python> -m node.cli serve --bind 127.0.0.1 --port 0' (split like a shell would; run "
+                   "'<python> -m node.cli serve --bind 127.0.0.1 --port 0 --gossip-port 0' (split like a shell would; run "
                    "from the repository root; it must bind loopback and log 'msession listening on HOST:PORT' "
                    "to stderr); e.g. to compare a branch or a config")
     p.add_argument("--py-spy", metavar="FILE",
