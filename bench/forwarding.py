@@ -20,19 +20,17 @@ from protocol.client import Client
 from .php_farm import MsessionFarm
 
 
-def _node_names(address: str) -> list[str]:
-    with Client(nodes=[address]) as c:
-        return [m["name"] for m in c.status()["members"]]
-
-
 def run(requests: int) -> list[dict]:
     farm = MsessionFarm(2)
     try:
         a, b = farm.nodes
-        names = _node_names(farm.addresses[0])
+        with Client(nodes=[farm.addresses[0]]) as c:
+            status = c.status()  # as A sees the farm: A's name, and the members the ring is made of
+        me = status["name"]
+        names = [m["name"] for m in status["members"]]
         ring = Ring(names)
-        me = next(m["name"] for m in Client(nodes=[farm.addresses[0]]).status()["members"]
-                  if m["node"] == farm.addresses[0])
+        if ring.id != status["ring"]:  # the owners below are computed here: they must be the farm's
+            raise RuntimeError(f"ring {ring.id} computed here is not the farm's {status['ring']}")
         other = next(n for n in names if n != me)
         pool = [b"fwd-%d" % i for i in range(20000)]
         local = [s for s in pool if ring.owner(s) == me][:200]
