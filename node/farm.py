@@ -33,6 +33,8 @@ from pathlib import Path
 
 from protocol.client import Client, MsessionError
 
+from .config import Config, ConfigError
+
 ROOT = Path(__file__).resolve().parent.parent  # the directory holding node/, protocol/, cluster/
 READY = re.compile(r"msession listening on (\S+):(\d+)")
 START_TIMEOUT = 20.0  # seconds until every node listens and node 1 sees them all alive
@@ -180,10 +182,10 @@ class Farm:
                  out: _Output | None = None, start_timeout: float = START_TIMEOUT):
         if not 1 <= gossip_port <= 65535:
             raise FarmError(f"--gossip-port must be 1..65535 (the nodes seed to it), not {gossip_port}")
-        if not 0 <= port <= 65535:
-            raise FarmError(f"--port must be 0..65535, not {port}")
-        if port == gossip_port:
-            raise FarmError(f"--port and --gossip-port are both {port}: give each its own port")
+        try:  # the rest is what every node checks of its ports: refused here, before any starts
+            Config(port=port, gossip_port=gossip_port).validate()
+        except ConfigError as exc:
+            raise FarmError(str(exc)) from None
         self.ips = node_addresses(base_ip, count)
         self.port = port
         self.gossip_port = gossip_port
