@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -19,33 +20,46 @@ def _no_process_outlives_the_tests():
     stop_all()
 
 
+def _running(node_or_farm):
+    try:
+        yield node_or_farm
+    finally:
+        node_or_farm.stop()
+
+
 @pytest.fixture
 def node_process():
     """A real ``msession serve`` process on a free loopback port."""
-    node = NodeProcess()
-    try:
-        yield node
-    finally:
-        node.stop()
+    yield from _running(NodeProcess())
 
 
 @pytest.fixture(scope="module")
 def shared_node_process():
-    node = NodeProcess()
-    try:
-        yield node
-    finally:
-        node.stop()
+    yield from _running(NodeProcess())
 
 
 @pytest.fixture(scope="module")
 def farm():
     """Three real nodes on loopback forming one farm (shared by a module's tests)."""
-    f = Farm(3)
+    yield from _running(Farm(3))
+
+
+@pytest.fixture
+def farms():
+    """Makes farms for one test (``farms(n, *serve_args, prefix=...)``); all
+    are killed at its end, even on failure."""
+    made: list[Farm] = []
+
+    def make(n: int, *args: str, prefix: str = "node") -> Farm:
+        made.append(Farm(n, *args, prefix=prefix))
+        return made[-1]
+
     try:
-        yield f
+        yield make
     finally:
-        f.stop()
+        for f in made:
+            for node in f.nodes:
+                node.stop(signal.SIGKILL)
 
 
 def make_config(**overrides) -> Config:

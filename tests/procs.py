@@ -28,6 +28,19 @@ def stop_all() -> None:
         node.stop(signal.SIGKILL)
 
 
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Polls ``predicate`` until it returns something true (returned), at most
+    ``timeout`` seconds; then fails saying ``what`` never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
 class NodeProcess:
     """``msession serve`` in a child process, on a free loopback port."""
 
