@@ -224,11 +224,10 @@ class Farm:
     def start(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         commands = node_commands(self.ips, self.port, self.gossip_port, self.extra)
-        # Node 1 first, so the others find their seed up when they join.
-        self.nodes.append(FarmNode("node1", self.ips[0], self.port, self.gossip_port, commands[0], self.out))
-        self._wait_listening(self.nodes[0], deadline)
-        for i in range(1, len(self.ips)):
-            self.nodes.append(FarmNode(f"node{i + 1}", self.ips[i], self.port, self.gossip_port, commands[i], self.out))
+        for i, (ip, command) in enumerate(zip(self.ips, commands)):
+            self.nodes.append(FarmNode(f"node{i + 1}", ip, self.port, self.gossip_port, command, self.out))
+            if i == 0:  # node 1 first, so the others find their seed up when they join
+                self._wait_listening(self.nodes[0], deadline)
         for node in self.nodes[1:]:
             self._wait_listening(node, deadline)
         self._wait_members(deadline)
