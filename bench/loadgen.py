@@ -29,8 +29,9 @@ import time
 import traceback
 from dataclasses import dataclass
 
+from node.farm import die_with_parent
+
 from .protocols import CODECS, ERROR, CodecError
-from .servers import die_with_parent
 from .workload import MUST_EXIST, OpStream, Workload
 
 RECV_SIZE = 65536
