@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from node.farm import READY
 from node.farm import die_with_parent  # noqa: F401  (tests import it from here too)
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(rb"msession listening on (\S+):(\d+)")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -132,9 +132,9 @@ class MsessionServer(_Child):
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = READY.search(Path(self.logfile.name).read_bytes())
+            m = READY.search(self.log())
             if m:
-                self.host, self.port = m.group(1).decode(), int(m.group(2))
+                self.host, self.port = m.group(1), int(m.group(2))
                 if not _is_loopback(self.host):
                     self.stop()
                     raise BenchError(f"the msession node listens on {self.host}, not a loopback address")
