@@ -187,8 +187,7 @@ final class Client
             }
         }
         $this->pool = [];
-        if ($this->sock !== null && $this->persistent && !$force && $this->buf === ''
-            && is_resource($this->sock) && !isset(self::$inFlight[(int)$this->sock])) {
+        if ($this->persistent && !$force && $this->reusable()) {
             $this->sock = null;
             $this->addr = null;
             return;
@@ -292,7 +291,7 @@ final class Client
         if ($this->sock === null) {
             return;
         }
-        if ($this->addr !== null && $this->buf === '' && is_resource($this->sock) && !isset(self::$inFlight[(int)$this->sock])) {
+        if ($this->addr !== null && $this->reusable()) {
             $this->pool[$this->addr] = [$this->sock, $this->serverInfo];
             $this->sock = null;
             $this->addr = null;
@@ -379,11 +378,8 @@ final class Client
                     $this->drop();  // it did not run: the nodes get it
                 } catch (ConnectionFailed $e) {
                     $this->drop();
-                    if (!$safe) {
-                        $this->ownerDown($owner);
-                        throw new MsessionException('BADCONN', 'node failed during a request that may have been applied: ' . $e->getMessage());
-                    }
                     $this->ownerDown($owner);
+                    self::replayOrFail($e, $safe);  // may have run: the nodes get it only if idempotent
                 } catch (MsessionException $e) {
                     $this->drop();
                     throw $e;
@@ -416,9 +412,7 @@ final class Client
                 $this->failedOver();
             } catch (ConnectionFailed $e) {
                 $this->drop();
-                if (!$safe) {
-                    throw new MsessionException('BADCONN', 'node failed during a request that may have been applied: ' . $e->getMessage());
-                }
+                self::replayOrFail($e, $safe);
                 if (--$nodesLeft <= 0) {
                     throw new MsessionException('BADCONN', 'request failed on every node: ' . $e->getMessage());
                 }
@@ -479,6 +473,18 @@ final class Client
         Routes::store($this->routeKey, Routes::fromAnswer(null, $this->routeTtl));
     }
 
+    /**
+     * The no-replay rule: a batch that may have run on a connection that
+     * failed is sent again (elsewhere) only if $safe (every command
+     * idempotent); else BADCONN.
+     */
+    private static function replayOrFail(ConnectionFailed $e, bool $safe): void
+    {
+        if (!$safe) {
+            throw new MsessionException('BADCONN', 'node failed during a request that may have been applied: ' . $e->getMessage());
+        }
+    }
+
     private function failedOver(): void
     {
         $this->current = ($this->current + 1) % count($this->nodes);
@@ -518,13 +524,22 @@ final class Client
     }
 
     /**
+     * The socket is open and between exchanges: no unread answer in the
+     * buffer, not left mid-exchange (see closeAbandoned()).
+     */
+    private function reusable(): bool
+    {
+        return $this->buf === '' && is_resource($this->sock) && !isset(self::$inFlight[(int)$this->sock]);
+    }
+
+    /**
      * Not fit for a new request: closed (by another Client sharing the
      * persistent socket), left mid-exchange, or readable while idle (a node
      * closes idle connections: EOF or a last error).
      */
     private function stale(): bool
     {
-        if ($this->buf !== '' || !is_resource($this->sock) || isset(self::$inFlight[(int)$this->sock])) {
+        if (!$this->reusable()) {
             return true;
         }
         $r = [$this->sock];
