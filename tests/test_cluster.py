@@ -61,6 +61,19 @@ def outcome(fn, *args, **kwargs):
         return ("error", exc.code)
 
 
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Polls ``predicate`` until it returns something true (returned), at most
+    ``timeout`` seconds; then fails naming ``what`` and the last value seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
+        time.sleep(interval)
+
+
 def info_sessions(farm: Farm) -> dict[str, int]:
     out = {}
     for node in live_nodes(farm):
@@ -343,13 +356,14 @@ def test_waiter_on_a_forwarded_lock_that_disconnects_does_not_keep_it(farm):
     sid = sids_owned(live_names(farm), "gone")[a.name][0]
     with Client(nodes=[a.address]) as ca, Client(nodes=[c.address]) as cc:
         ca.create(sid)
+        waiters = lambda n: lambda: ca.info()["lock_waiters"] == n  # noqa: E731  (queued at a, the owner)
         key = ca.lock(sid, wait=0, lease=30)
-        first = _raw_lock(b.address, sid, 20_000)  # waits at a, through b
-        time.sleep(0.3)  # let it queue first (ordering only; nothing polls this)
-        t, box = _in_thread(cc.lock, sid, wait=10)  # the next waiter, through c
-        time.sleep(0.3)
-        first.close()  # the first waiter goes away while its lock is forwarded
-        time.sleep(0.2)
+        with _raw_lock(b.address, sid, 20_000) as first:  # waits at a, through b
+            wait_for(waiters(1), 5, "the first waiter queued at the owner")
+            t, box = _in_thread(cc.lock, sid, wait=10)  # the next waiter, through c
+            wait_for(waiters(2), 5, "the second waiter queued behind it")
+        # The first waiter has gone away while its lock is forwarded.
+        wait_for(waiters(1), 5, "the owner dropped the waiter that left")
         unlocked = time.monotonic()
         ca.unlock(sid, key)
         t.join(5)
@@ -360,9 +374,9 @@ def test_waiter_on_a_forwarded_lock_that_disconnects_does_not_keep_it(farm):
 
         # The same with no other waiter: a fresh lock gets it at once.
         key = ca.lock(sid, wait=0, lease=30)
-        gone = _raw_lock(b.address, sid, 20_000)
-        time.sleep(0.3)
-        gone.close()
+        with _raw_lock(b.address, sid, 20_000):
+            wait_for(waiters(1), 5, "the waiter queued at the owner")
+        wait_for(waiters(0), 5, "the owner dropped the waiter that left")
         ca.unlock(sid, key)
         started = time.monotonic()
         with Client(nodes=[b.address]) as cb:
@@ -377,6 +391,22 @@ def test_waiter_on_a_forwarded_lock_that_disconnects_does_not_keep_it(farm):
 def _gossip_counters(node) -> dict[str, int]:
     with Client(nodes=[node.address], timeout=5) as c:
         return {k: v for k, v in c.info().items() if k.startswith("gossip_")}
+
+
+def _diff(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after}
+
+
+def _wait_counted(node, before: dict[str, int], what: str, timeout: float = 5.0, **at_least: int) -> dict[str, int]:
+    """Until each named gossip counter of ``node`` has grown by at least the
+    given amount since ``before``; the counters then."""
+    def grown():
+        after = _gossip_counters(node)
+        return after if all(after[k] - before[k] >= n for k, n in at_least.items()) else None
+    try:
+        return wait_for(grown, timeout, what)
+    except AssertionError:
+        raise AssertionError(f"{what}: wanted growth {at_least}, got {_diff(before, _gossip_counters(node))}") from None
 
 
 def _udp_addr(node) -> tuple[str, int]:
@@ -424,20 +454,9 @@ def test_bad_udp_gossip_is_dropped_and_counted(farm):
         for _ in range(3):
             s.sendto(msgpack.packb([gm.VERSION, gm.GOSSIP, "stranger", 1, [impostor]]), addr)
     # The node keeps serving and counted every drop.
-    deadline = time.monotonic() + 5
-    while True:
-        after = _gossip_counters(target)
-        ok = (after["gossip_bad_packets"] - before["gossip_bad_packets"] >= bad
-              and after["gossip_oversize"] - before["gossip_oversize"] >= 3
-              and after["gossip_unknown_sender"] > before["gossip_unknown_sender"])
-        if ok or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    diff = {k: after[k] - before[k] for k in after}
-    assert after["gossip_bad_packets"] - before["gossip_bad_packets"] >= bad, diff
-    assert after["gossip_oversize"] - before["gossip_oversize"] >= 3, diff
-    assert after["gossip_unknown_sender"] > before["gossip_unknown_sender"], diff
-    assert after["gossip_internal_errors"] == before["gossip_internal_errors"], diff
+    after = _wait_counted(target, before, "every drop counted", gossip_bad_packets=bad, gossip_oversize=3,
+                          gossip_unknown_sender=1)
+    assert after["gossip_internal_errors"] == before["gossip_internal_errors"], _diff(before, after)
     assert "dropped a bad packet" in target.read_log()
     _farm_intact(farm)
 
@@ -497,15 +516,8 @@ def test_bad_push_pull_streams_are_dropped_and_counted(farm):
     _tcp_send(addr, struct.pack(">I", 1000) + b"x" * 10)  # a truncated frame
     _tcp_send(addr, struct.pack(">I", 2**31) + b"x" * 100)  # an oversized frame header
     _tcp_send(addr, b"")
-    deadline = time.monotonic() + 5
-    while True:
-        after = _gossip_counters(target)
-        if after["gossip_bad_packets"] - before["gossip_bad_packets"] >= len(bad_bodies) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    diff = {k: after[k] - before[k] for k in after}
-    assert after["gossip_bad_packets"] - before["gossip_bad_packets"] >= len(bad_bodies), diff
-    assert after["gossip_internal_errors"] == before["gossip_internal_errors"], diff
+    after = _wait_counted(target, before, "every bad stream counted", gossip_bad_packets=len(bad_bodies))
+    assert after["gossip_internal_errors"] == before["gossip_internal_errors"], _diff(before, after)
     _farm_intact(farm)
 
 
@@ -518,13 +530,7 @@ def test_oversized_push_pull_frame_is_counted(farm):
     addr = _udp_addr(target)
     before = _gossip_counters(target)
     _tcp_send(addr, struct.pack(">I", 2**31) + b"x" * 100)
-    deadline = time.monotonic() + 1.5
-    while True:
-        after = _gossip_counters(target)
-        if after["gossip_oversize"] > before["gossip_oversize"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert after["gossip_oversize"] > before["gossip_oversize"], {k: after[k] - before[k] for k in after}
+    _wait_counted(target, before, "the oversized frame counted", timeout=1.5, gossip_oversize=1)
 
 
 def test_inter_node_commands_from_a_client_in_a_real_farm(farm):

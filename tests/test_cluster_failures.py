@@ -19,9 +19,9 @@ import time
 import pytest
 
 from cluster.ring import ring_for
-from procs import ROOT, Farm, NodeProcess
+from procs import ROOT, Farm, NodeProcess, die_with_parent
 from protocol.client import Client, MsessionError
-from test_cluster import contract_run, info_sessions, live_names, live_nodes, outcome, sids_owned
+from test_cluster import contract_run, info_sessions, live_names, live_nodes, outcome, sids_owned, wait_for
 
 DETECTION_BOUND = 2.0  # the issue: a SIGKILLed node is declared dead by every member in 2 s or less
 
@@ -87,17 +87,6 @@ def _assert_all_readable(farm: Farm, values: dict[str, bytes]) -> None:
         got = _read_all(node, values)
         wrong = {sid: g for sid, g in zip(values, got) if g != values[sid]}
         assert not wrong, f"through {node.name}: {len(wrong)} of {len(values)} sessions wrong, e.g. {list(wrong.items())[:5]}"
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
 
 
 # -- 3. SIGKILL in a farm of five ---------------------------------------------------------
@@ -182,13 +171,13 @@ def test_join_then_graceful_leave_keep_every_session(farms):
         local = info_sessions(farm)
         return local if local[newcomer.name] > 0 and sum(local.values()) == 500 else None
 
-    _wait(handed_off, 10, "sessions handed to the newcomer")
+    wait_for(handed_off, 10, "sessions handed to the newcomer")
     # The ring of four owns every session where it is.
     ring = ring_for(live_names(farm))
     expect = {n: 0 for n in live_names(farm)}
     for sid in values:
         expect[ring.owner(sid.encode())] += 1
-    _wait(lambda: info_sessions(farm) == expect or None, 10, f"sessions where the ring puts them ({expect})")
+    wait_for(lambda: info_sessions(farm) == expect or None, 10, f"sessions where the ring puts them ({expect})")
     _assert_all_readable(farm, values)
     for node in live_nodes(farm):
         with Client(nodes=[node.address]) as c:
@@ -201,7 +190,7 @@ def test_join_then_graceful_leave_keep_every_session(farms):
     assert rc == 0, leaver.read_log()[-2000:]
     assert took < 10, f"graceful leave took {took:.1f} s"
     for node in live_nodes(farm):
-        _wait(lambda: _states(node).get(leaver.name) == "left" or None, 5, f"{node.name} sees {leaver.name} left")
+        wait_for(lambda: _states(node).get(leaver.name) == "left" or None, 5, f"{node.name} sees {leaver.name} left")
         assert not _log_events(node, leaver.name, "dead"), f"{node.name} declared a leaving member dead"
     farm.wait_converged(timeout=10)
     assert sum(info_sessions(farm).values()) == 500
@@ -278,7 +267,7 @@ def test_increments_under_join_and_leave_are_never_lost_or_doubled(farms):
         time.sleep(0.2)  # let workers move off it
         assert leaver.stop() == 0
         for node in live_nodes(farm):
-            _wait(lambda: _states(node).get(leaver.name) == "left" or None, 5, f"{node.name} sees {leaver.name} left")
+            wait_for(lambda: _states(node).get(leaver.name) == "left" or None, 5, f"{node.name} sees {leaver.name} left")
         phase[0] = "left"
         time.sleep(1.0)
     finally:
@@ -365,14 +354,18 @@ def test_request_forwarded_to_an_owner_that_dies_gets_a_clear_error(farms):
 
 def _serve(*args: str, timeout: float = 15.0) -> tuple[int | None, str]:
     """Runs ``msession serve`` expecting it to exit; (returncode, stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--bind", "127.0.0.1", *args],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        return None, err.decode(errors="replace")
+    with subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--bind", "127.0.0.1", *args],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          preexec_fn=die_with_parent) as proc:
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            return None, err.decode(errors="replace")
+        finally:
+            if proc.poll() is None:  # interrupted: no node outlives the test
+                proc.kill()
     return proc.returncode, err.decode(errors="replace")
 
 
@@ -405,7 +398,7 @@ def test_seeds_that_do_not_answer_give_a_warning_and_the_node_serves():
             c.create("alone")
             assert c.count() == 1
             assert {m["name"]: m["state"] for m in c.status()["members"]} == {"lonely": "alive"}
-        _wait(lambda: "none of the seeds" in node.read_log() or None, 6, "a warning about the seeds")
+        wait_for(lambda: "none of the seeds" in node.read_log() or None, 6, "a warning about the seeds")
         line = next(x for x in node.read_log().splitlines() if "none of the seeds" in x)
         assert dead_seed in line and "WARNING" in line
         assert node.proc.poll() is None
