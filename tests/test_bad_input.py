@@ -189,10 +189,7 @@ def proc_node():
     node = NodeProcess(env={"MSESSION_FRAME_TIMEOUT": "0.5"})
     try:
         with Client(node.host, node.port) as c:
-            try:
-                c.create(KEEP)
-            except Exception:
-                pass
+            assert c.create(KEEP) is True  # a fresh node
             c.set(KEEP, KEEP_VAR, KEEP_VALUE)
             c.setdata(KEEP, KEEP_DATA)
         yield node
