@@ -300,7 +300,7 @@ def status(ns: argparse.Namespace) -> int:
         print(f"msession status: {exc}", file=sys.stderr)
         return 2
     if as_json:
-        print(json.dumps(_jsonable(answer)))
+        print(json.dumps(answer))  # Client.status already gives str names and strings
     elif not isinstance(answer, dict):
         print(f"msession status: unexpected answer {answer!r}", file=sys.stderr)
         return 1
