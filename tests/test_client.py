@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from conftest import start_server
+from test_bad_input import wait_until
 from protocol.client import AsyncClient, Client, MsessionError, parse_node
 from procs import NodeProcess
 
@@ -232,9 +233,9 @@ def test_non_idempotent_request_is_not_replayed_on_failure():
             t = threading.Thread(target=lock)
             t.start()
             deadline = time.monotonic() + 5
-            while c.node is None and time.monotonic() < deadline:
-                time.sleep(0.01)  # until the waiter is connected
-            holder.ping()  # one more round trip through a's event loop
+            while holder.info()["lock_waiters"] != 1 and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the lock request waits at a
+            assert holder.info()["lock_waiters"] == 1 and c.node[1] == a.port
             a.stop(signal.SIGKILL)
             t.join(10)
             assert outcome == {"error": "BADCONN"}
@@ -391,10 +392,7 @@ async def test_lock_waiters_are_served_in_fifo_order(nursery):
         async with trio.open_nursery() as n:
             for i in range(5):
                 await n.start(waiter, i)
-                # Wait until the server has queued this waiter.
-                with trio.fail_after(5):
-                    while len(server.node.locks._locks[b"s"].waiters) < i + 1:
-                        await trio.sleep(0.001)
+                await wait_until(lambda: len(server.node.locks._locks[b"s"].waiters) == i + 1)  # queued
             await holder.unlock("s", key)
     assert order == [0, 1, 2, 3, 4]
 
@@ -428,13 +426,9 @@ async def test_a_waiter_that_disconnects_hands_the_lock_on(nursery):
         from protocol.constants import Cmd
 
         await stream.send_all(encode_request(1, Cmd.SLOCK, [b"s", 10000]))
-        with trio.fail_after(5):
-            while not server.node.locks._locks[b"s"].waiters:
-                await trio.sleep(0.001)
+        await wait_until(lambda: server.node.locks._locks[b"s"].waiters)
         await stream.aclose()
-        with trio.fail_after(5):
-            while server.node.locks._locks[b"s"].waiters:
-                await trio.sleep(0.001)
+        await wait_until(lambda: not server.node.locks._locks[b"s"].waiters)
         await a.unlock("s", key)
         assert server.node.locks.holder(b"s") == 0  # not granted to the departed client
         assert await a.lock("s", wait=0) > 0
@@ -457,9 +451,7 @@ async def test_a_cancelled_lock_wait_does_not_keep_the_lock(nursery):
         with trio.move_on_after(0.2):
             await b.lock("s", wait=10, lease=20)
         await a.unlock("s", key)
-        with trio.fail_after(5):
-            while server.node.locks.holder(b"s") != 0:
-                await trio.sleep(0.005)
+        await wait_until(lambda: server.node.locks.holder(b"s") == 0)
         assert await b.lock("s", wait=0) > 0
 
 
@@ -515,16 +507,12 @@ async def test_async_client_survives_the_node_closing_idle_connections(nursery):
     async with AsyncClient(*server.ports[0]) as c:
         await c.create("s")
         conn = c._conn
-        with trio.fail_after(5):
-            while not conn.stale():
-                await trio.sleep(0.02)
+        await wait_until(conn.stale)
         assert await c.inc("s", "n") == 1  # not executed before: sent again, once
         p = c.pipeline()
         for _ in range(3):
             p.setdata("s", b"d" * 40_000)  # > 64 KiB: the concurrent-send path
-        with trio.fail_after(5):
-            while not c._conn.stale():
-                await trio.sleep(0.02)
+        await wait_until(c._conn.stale)
         assert await p.execute() == [True] * 3
         assert await c.get("s", "n") == b"1"
 
@@ -567,6 +555,7 @@ async def test_a_pipeline_with_a_waiting_lock_does_not_block_other_tasks(nursery
 
         async with trio.open_nursery() as n:
             n.start_soon(batch)
+            await wait_until(lambda: server.node.locks._locks[b"L"].waiters)  # the batch's lock waits
             for _ in range(10):
                 assert await c.ping() is True
             await holder.unlock("L", key)
@@ -585,23 +574,19 @@ async def test_answers_flushed_before_a_lock_wait_are_under_the_idle_deadline(nu
         await holder.setdata("s", b"v" * 3_000_000)
         key = await holder.lock("L", wait=0)
         baseline = server.connections
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(addr)
         from protocol.codec import encode_request
         from protocol.constants import Cmd
 
-        gets = b"".join(encode_request(i, Cmd.DATAGET, [b"s"]) for i in range(3))  # 9 MB unread
-        sock.sendall(gets + encode_request(9, Cmd.SLOCK, [b"L", 10000]))
-        with trio.fail_after(5):
-            while not server.node.locks._locks[b"L"].waiters:  # queued, flushing
-                await trio.sleep(0.01)
-            while server.connections != baseline:  # dropped by the idle deadline
-                await trio.sleep(0.01)
-        assert not server.node.locks._locks[b"L"].waiters
-        await holder.unlock("L", key)
-        assert server.node.locks.holder(b"L") == 0
-        sock.close()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(addr)
+            gets = b"".join(encode_request(i, Cmd.DATAGET, [b"s"]) for i in range(3))  # 9 MB unread
+            sock.sendall(gets + encode_request(9, Cmd.SLOCK, [b"L", 10000]))
+            await wait_until(lambda: server.node.locks._locks[b"L"].waiters)  # queued, flushing
+            await wait_until(lambda: server.connections == baseline)  # dropped by the idle deadline
+            assert not server.node.locks._locks[b"L"].waiters
+            await holder.unlock("L", key)
+            assert server.node.locks.holder(b"L") == 0
 
 
 def test_stale_check_works_for_descriptors_above_1024(shared_node_process):
