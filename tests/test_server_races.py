@@ -9,12 +9,7 @@ from conftest import start_server
 from protocol.client import AsyncClient
 from protocol.codec import FrameDecoder, encode_request, parse_response
 from protocol.constants import Cmd
-
-
-async def wait_until(predicate, timeout=5.0):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
+from test_bad_input import wait_until
 
 
 async def read_answers(stream, n, timeout=10.0):
@@ -40,14 +35,14 @@ async def test_a_lock_granted_while_earlier_answers_flush_is_not_lost(nursery, m
         await a.create("s")
         await a.set("s", "big", b"x" * 200_000)
         key = await a.lock("s")
-        b = socket.socket()
-        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        b.connect(addr)
-        batch = b"".join(encode_request(i, Cmd.GETVAL, [b"s", b"big"]) for i in range(40))
-        b.sendall(batch + encode_request(99, Cmd.SLOCK, [b"s", 10000]))
-        await wait_until(lambda: server.node.locks._locks[b"s"].waiters)
-        await a.unlock("s", key)  # granted to B, whose flush is stuck
-        b.close()
+        with socket.socket() as b:
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            b.connect(addr)
+            batch = b"".join(encode_request(i, Cmd.GETVAL, [b"s", b"big"]) for i in range(40))
+            b.sendall(batch + encode_request(99, Cmd.SLOCK, [b"s", 10000]))
+            await wait_until(lambda: server.node.locks._locks[b"s"].waiters)
+            await a.unlock("s", key)  # granted to B, whose flush is stuck
+        # B has disconnected.
         await wait_until(lambda: server.node.locks.holder(b"s") == 0)
         assert await a.lock("s", wait=0) > 0
 
@@ -57,18 +52,17 @@ async def test_deadline_after_a_lock_wait_uses_the_time_after_the_wait(nursery):
     addr = server.ports[0]
     async with AsyncClient(*addr) as a:
         key = await a.lock("s")
-        stream = await trio.open_tcp_stream(*addr)
-        nxt = encode_request(3, Cmd.PING, [])
-        await stream.send_all(encode_request(1, Cmd.SLOCK, [b"s", 5000]) + encode_request(2, Cmd.PING, []) + nxt[:3])
-        await wait_until(lambda: server.node.locks._locks[b"s"].waiters)
-        await trio.sleep(1.0)  # the waiter waits longer than frame_timeout
-        await a.unlock("s", key)
-        first = await read_answers(stream, 2)
-        assert first[0].ok and first[1].value == b"PONG"
-        await stream.send_all(nxt[3:])  # completes the frame well within 0.5 s of the grant
-        (third,) = await read_answers(stream, 1)
-        assert third.ok and third.id == 3, third
-        await stream.aclose()
+        async with await trio.open_tcp_stream(*addr) as stream:
+            nxt = encode_request(3, Cmd.PING, [])
+            await stream.send_all(encode_request(1, Cmd.SLOCK, [b"s", 5000]) + encode_request(2, Cmd.PING, []) + nxt[:3])
+            await wait_until(lambda: server.node.locks._locks[b"s"].waiters)
+            await trio.sleep(1.0)  # the waiter waits longer than frame_timeout (the case under test)
+            await a.unlock("s", key)
+            first = await read_answers(stream, 2)
+            assert first[0].ok and first[1].value == b"PONG"
+            await stream.send_all(nxt[3:])  # completes the frame well within 0.5 s of the grant
+            (third,) = await read_answers(stream, 1)
+            assert third.ok and third.id == 3, third
 
 
 async def test_slow_reader_of_a_complete_frame_gets_the_whole_answer(nursery):
@@ -81,12 +75,11 @@ async def test_slow_reader_of_a_complete_frame_gets_the_whole_answer(nursery):
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(addr)
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-    req = encode_request(1, Cmd.DATAGET, [b"s"])
-    await stream.send_all(req[:5])
-    await trio.sleep(0.1)
-    await stream.send_all(req[5:])
-    await trio.sleep(1.5)  # read nothing for three frame timeouts
-    (answer,) = await read_answers(stream, 1)
-    assert answer.ok and len(answer.value) == 3_500_000
-    await stream.aclose()
+    async with trio.SocketStream(trio.socket.from_stdlib_socket(sock)) as stream:
+        req = encode_request(1, Cmd.DATAGET, [b"s"])
+        await stream.send_all(req[:5])
+        await trio.sleep(0.1)  # the request arrives in two reads (the case under test)
+        await stream.send_all(req[5:])
+        await trio.sleep(1.5)  # read nothing for three frame timeouts (the case under test)
+        (answer,) = await read_answers(stream, 1)
+        assert answer.ok and len(answer.value) == 3_500_000
