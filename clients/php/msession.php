@@ -27,6 +27,12 @@ final class MsessionFunctions
 {
     public static ?Msession\Client $client = null;
 
+    /** An optional argument as a string: null stays null (the old functions' omitted arguments). */
+    public static function str(mixed $v): ?string
+    {
+        return $v === null ? null : (string)$v;
+    }
+
     /** Runs $fn against the connection; on an error: warning, and $onError. */
     public static function run(string $name, callable $fn, mixed $onError = false): mixed
     {
@@ -54,12 +60,11 @@ if (!function_exists('msession_connect')) {
                 continue;
             }
             try {
-                [$hh, $pp] = Msession\Client::parseNode($h, (int)$port);
+                $nodes[] = Msession\Client::target(Msession\Client::parseNode($h, (int)$port));
             } catch (InvalidArgumentException $e) {
                 trigger_error('msession_connect(): ' . $e->getMessage(), E_USER_WARNING);
                 return false;
             }
-            $nodes[] = str_contains($hh, ':') ? "[$hh]:$pp" : "$hh:$pp";
         }
         try {
             $client = new Msession\Client($nodes);
@@ -96,7 +101,7 @@ if (!function_exists('msession_create')) {
     function msession_create($session, $classname = null, $data = null)
     {
         return MsessionFunctions::run(__FUNCTION__, fn($c) => $c->create(
-            (string)$session, $classname === null ? null : (string)$classname, $data === null ? null : (string)$data));
+            (string)$session, MsessionFunctions::str($classname), MsessionFunctions::str($data)));
     }
 }
 
@@ -119,7 +124,7 @@ if (!function_exists('msession_get')) {
     /** The variable's value (string), or $value when the variable is absent. */
     function msession_get($session, $name, $value = '')
     {
-        return MsessionFunctions::run(__FUNCTION__, fn($c) => $c->get((string)$session, (string)$name, $value === null ? null : (string)$value));
+        return MsessionFunctions::run(__FUNCTION__, fn($c) => $c->get((string)$session, (string)$name, MsessionFunctions::str($value)));
     }
 }
 
@@ -251,7 +256,7 @@ if (!function_exists('msession_uniq')) {
     function msession_uniq($param, $classname = null, $data = null)
     {
         return MsessionFunctions::run(__FUNCTION__, fn($c) => $c->uniq(
-            (int)$param, $classname === null ? null : (string)$classname, $data === null ? null : (string)$data));
+            (int)$param, MsessionFunctions::str($classname), MsessionFunctions::str($data)));
     }
 }
 
@@ -267,7 +272,7 @@ if (!function_exists('msession_plugin')) {
     /** The answer of the node's personality plugin escape function. */
     function msession_plugin($session, $val, $param = null)
     {
-        return MsessionFunctions::run(__FUNCTION__, fn($c) => $c->plugin((string)$session, (string)$val, $param === null ? null : (string)$param));
+        return MsessionFunctions::run(__FUNCTION__, fn($c) => $c->plugin((string)$session, (string)$val, MsessionFunctions::str($param)));
     }
 }
 
