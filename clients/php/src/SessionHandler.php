@@ -216,11 +216,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         } else {
             $this->existed[$id] = true;
         }
-        foreach ($vars as $k => $v) {
-            if ($v === self::TOMBSTONE) {
-                unset($vars[$k]);
-            }
-        }
+        $vars = self::live($vars);
         $this->seen[$id] = $vars;
         return self::encode($vars);
     }
@@ -242,7 +238,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
                         . 'this request\'s session changes were NOT saved (raise msession.lock_lease?)', $id, $this->lockLease));
                 }
             }
-            return $this->save($id, $this->diff($this->seen[$id] ?? [], $current));
+            return $this->save($id, self::diff($this->seen[$id] ?? [], $current));
         } catch (MsessionException $e) {
             return $this->fail("cannot write session '$id': " . $e->getMessage());
         }
@@ -366,7 +362,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         foreach ($results as $r) {
             if ($r instanceof MsessionException && $r->getErrorName() === 'NOSESSION') {
                 // Expired (or destroyed) since read: create it again with all our variables.
-                $full = array_filter($this->currentVars('') ?? $this->seen[$id], fn($v) => $v !== self::TOMBSTONE);
+                $full = self::live($this->currentVars('') ?? $this->seen[$id]);
                 $p = $this->client()->pipeline()->setData($id, '');
                 if ($full) {
                     $p->setArray($id, $full);
@@ -407,8 +403,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
             }
             $now = [];
         }
-        $now = array_filter($now, fn($v) => $v !== self::TOMBSTONE);
-        if (self::sameVars($now, $this->seen[$id] ?? [])) {
+        if (!self::diff($this->seen[$id] ?? [], self::live($now))) {
             return true;
         }
         try {
@@ -419,21 +414,14 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         return false;
     }
 
-    private static function sameVars(array $a, array $b): bool
+    /** The variables without the tombstones of removed keys. */
+    private static function live(array $vars): array
     {
-        if (count($a) !== count($b)) {
-            return false;
-        }
-        foreach ($a as $k => $v) {
-            if (!array_key_exists($k, $b) || $b[$k] !== $v) {
-                return false;
-            }
-        }
-        return true;
+        return array_filter($vars, fn($v) => $v !== self::TOMBSTONE);
     }
 
     /** name => serialized value (or TOMBSTONE) for every key that differs from $before. */
-    private function diff(array $before, array $current): array
+    private static function diff(array $before, array $current): array
     {
         $changes = [];
         foreach ($current as $k => $v) {
