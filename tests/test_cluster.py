@@ -356,9 +356,11 @@ def test_waiter_on_a_forwarded_lock_that_disconnects_does_not_keep_it(farm):
     sid = sids_owned(live_names(farm), "gone")[a.name][0]
     with Client(nodes=[a.address]) as ca, Client(nodes=[c.address]) as cc:
         ca.create(sid)
-        waiters = lambda n: lambda: ca.info()["lock_waiters"] == n  # noqa: E731  (queued at a, the owner)
+        def waiters(n):  # lock requests queued at a, the owner
+            return lambda: ca.info()["lock_waiters"] == n
+
         key = ca.lock(sid, wait=0, lease=30)
-        with _raw_lock(b.address, sid, 20_000) as first:  # waits at a, through b
+        with _raw_lock(b.address, sid, 20_000):  # the first waiter, at a through b
             wait_for(waiters(1), 5, "the first waiter queued at the owner")
             t, box = _in_thread(cc.lock, sid, wait=10)  # the next waiter, through c
             wait_for(waiters(2), 5, "the second waiter queued behind it")
