@@ -128,23 +128,14 @@ def test_serve_reads_config_file_and_environment(tmp_path):
 def test_serve_refuses_bad_configuration(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text("session_timeout = -1\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "node.cli", "serve", "--port", "0", "--config", str(cfg)],
-        cwd=ROOT, capture_output=True, timeout=30,
-    )
+    proc = run(None, "serve", "--port", "0", "--config", str(cfg), check=False)
     assert proc.returncode == 2 and b"session_timeout must be positive" in proc.stderr
-    proc = subprocess.run(
-        [sys.executable, "-m", "node.cli", "serve", "--port", "0", "--plugin", "nosuchplugin"],
-        cwd=ROOT, capture_output=True, timeout=30,
-    )
+    proc = run(None, "serve", "--port", "0", "--plugin", "nosuchplugin", check=False)
     assert proc.returncode == 2 and b"no plugin named 'nosuchplugin'" in proc.stderr
 
 
 def test_serve_reports_a_port_in_use(node):
-    proc = subprocess.run(
-        [sys.executable, "-m", "node.cli", "serve", "--port", str(node.port)],
-        cwd=ROOT, capture_output=True, timeout=30,
-    )
+    proc = run(None, "serve", "--port", str(node.port), check=False)
     assert proc.returncode != 0 and b"cannot listen on 127.0.0.1:" in proc.stderr
     assert b"Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
 

@@ -21,13 +21,12 @@ from node import cli
 from node import config as config_mod
 from node import farm
 from procs import ROOT, NodeProcess
+from test_cli import run
 
 
-def run_cli(*args, timeout=30, env=None):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=ROOT, capture_output=True,
-                          timeout=timeout, env=full_env)
+def run_cli(*args, env=None):
+    """``msession ARGS`` with no node given; its exit status is the caller's to check."""
+    return run(None, *args, check=False, env=env)
 
 
 # -- serve flags -----------------------------------------------------------------------------
