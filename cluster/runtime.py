@@ -10,15 +10,16 @@ What runs here (everything that decides is in the sans-I/O modules):
 - **Ring.** Rebuilt from the live members (alive and suspect) on every
   membership change; ``cluster/ring.py`` makes it a pure function of that set.
 - **Forwarding.** A request for another member's session goes to it as
-  ``FWD [hops, cmd, args]`` over a pooled, pipelined connection (an
-  ``AsyncClient`` per member; a lock that may wait gets its own connection).
+  ``FWD [hops, cmd, args]`` over a pipelined link per member
+  (``cluster/link.py``); a lock that may wait gets a link of its own.
   Errors come back unchanged; a member that cannot be reached gives
   UNAVAILABLE. Whole-farm commands go to every live member at once.
 - **Handoff.** When the ring changes, sessions this member holds but no longer
   owns are sent to their new owners (``HANDOFF``) and removed here. A new
   owner asked for a session it lacks, in a partition it took over less than
   ``TAKE_WINDOW`` seconds ago, first asks the previous owner for it (``TAKE``),
-  so a request racing the handoff still finds its session.
+  so a request racing the handoff still finds its session. The rules (who
+  took over what, batches, retries) are ``cluster/handoff.py``'s.
 - **Leaving.** On SIGTERM a member announces it leaves, hands every session to
   the owners of the ring without it, and exits.
 """
@@ -39,10 +40,10 @@ from node.commands import RUN_LOCAL, CommandError, Node
 from node.config import Config
 from node.logs import RateLimitedLog
 from node.store import random_id
-from protocol.client import AsyncClient, MsessionError, _waits
-from protocol.constants import Cmd, Err, error_name
+from protocol.client import _lock_wait, _waits
+from protocol.constants import Cmd, error_name
 
-from . import router
+from . import handoff, router
 from .link import LinkDown, PeerLink
 from .membership import GossipConfig, Membership, PushPull, SendPacket
 from .ring import Ring, partition_of, ring_for
@@ -50,18 +51,14 @@ from .ring import Ring, partition_of, ring_for
 log = logging.getLogger("msession.cluster")
 
 HANDOFF_TIMEOUT = 30.0
-TAKE_WINDOW = 60.0  # seconds a new owner asks the previous one for sessions it lacks
 TAKE_TIMEOUT = 2.0
 GIVEN_KEEP = 30.0  # seconds a member remembers a session it gave, should the answer be lost
+SEED_WARNING = 3.0  # seconds without an answering seed before we say so
 JOIN_GRACE = 5.0  # seconds a starting node with seeds waits to join before serving alone
 SETTLE_TIME = 3.0  # seconds a client's request may wait for the farm's view to settle
 STREAM_TIMEOUT = 5.0  # a push-pull exchange
 UDP_READ = 65536
 _LEN = struct.Struct(">I")
-
-
-def _ident(value: Any) -> Any:
-    return value
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -81,11 +78,11 @@ class Cluster:
         self.gossip_port = 0
         self.membership: Membership | None = None
         self.ring: Ring = ring_for([])
-        self._peers: dict[str, tuple[tuple[str, int], AsyncClient]] = {}  # for lock waits
-        self._links: dict[tuple[str, bool], PeerLink] = {}  # (member, control?): for everything else
-        self._previous: dict[int, tuple[str, float]] = {}  # partition -> (previous owner, since)
-        self._changed = -TAKE_WINDOW  # when the ring last changed
-        self._solo = False  # ready, and the only member: no routing to do
+        self._links: dict[str, PeerLink] = {}  # one shared link per member
+        self._takeovers = handoff.Takeovers()
+        self._ready = False  # joined the farm (or gave up waiting for seeds)
+        self._ready_event = trio.Event()
+        self._solo = False  # ready, alone in the ring, nothing arriving: the fast path
         self._moving: dict[bytes, list] = {}  # sessions on their way to a new owner
         self._given: dict[bytes, tuple[list, float]] = {}  # sessions given by TAKE, kept a while
         self._routes: tuple[Ring, dict] | None = None
@@ -95,7 +92,6 @@ class Cluster:
         self._handoff_due = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._log = RateLimitedLog(log)
-        self._started = 0.0
         self.leaving = False
         self.counters = {
             "forwarded": 0, "forward_errors": 0, "refused_hops": 0, "gathers": 0,
@@ -158,14 +154,12 @@ class Cluster:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._started = trio.current_time()
                 m.join(seeds, trio.current_time())
                 nursery.start_soon(self._read_udp)
                 nursery.start_soon(self._timers)
                 nursery.start_soon(self._serve_streams)
                 nursery.start_soon(self._handoff_loop)
-                if seeds:
-                    nursery.start_soon(self._watch_join, [f"{h}:{p}" for h, p in seeds])
+                nursery.start_soon(self._watch_join, [f"{h}:{p}" for h, p in seeds])
                 self._after()
                 task_status.started()
         finally:
@@ -174,22 +168,32 @@ class Cluster:
                 self._udp.close()
             for link in self._links.values():
                 link.close()
-            for _addr_, client in self._peers.values():
-                with trio.CancelScope(shield=True):
-                    await client.close()
 
     async def _watch_join(self, seeds: list[str]) -> None:
-        m = self.membership
-        warned = False
-        with trio.move_on_after(3600):
-            while not m.joined:
-                await trio.sleep(0.1)
-                if m.conflict:
-                    return
-                if not warned and trio.current_time() - self._started > 3:
-                    log.warning("none of the seeds %s answers yet; still trying (a farm's first node needs no seeds)", ", ".join(seeds))
-                    warned = True
-        log.info("joined the farm: %d members", len(m.live_names()))
+        """Ready once joined; warns if no seed answers; serves alone after
+        ``JOIN_GRACE`` (a farm's first node may list seeds not up yet)."""
+        if seeds:
+            with trio.move_on_after(SEED_WARNING):
+                await self._ready_event.wait()
+            if not self._ready:
+                log.warning("none of the seeds %s answers yet; still trying (a farm's first node needs no seeds)", ", ".join(seeds))
+            with trio.move_on_after(JOIN_GRACE - SEED_WARNING):
+                await self._ready_event.wait()
+        self._become_ready()
+        if self.membership.joined:
+            log.info("joined the farm: %d members", len(self.membership.live_names()))
+
+    def _become_ready(self) -> None:
+        if not self._ready:
+            self._ready = True
+            self._ready_event.set()
+            self._refresh_fast_path()
+
+    def _refresh_fast_path(self) -> None:
+        self._solo = (
+            self._ready and set(self.ring.members) <= {self.name}
+            and not self._takeovers.active(trio.current_time())
+        )
 
     # -- gossip I/O -----------------------------------------------------------
 
@@ -242,6 +246,8 @@ class Cluster:
             changed = True
         if m.conflict:
             raise SystemExit(f"msession: {m.conflict}")
+        if m.joined and not self._ready:
+            self._ready_event.set()  # _watch_join makes it so
         if changed:
             self._update_ring()
         self._wake.set()
@@ -289,26 +295,16 @@ class Cluster:
             return
         old, new = self.ring, ring_for(live)
         self.ring = new
-        self._solo = False  # until TAKE_WINDOW has passed (see _missing)
-        now = self._changed = trio.current_time()
-        if set(old.members) <= {self.name} and not len(self.node.store):
-            # We just joined (or rejoined, empty): our partitions were the others'.
-            old = ring_for(set(live) - {self.name})
-        for p, (was, now_owner) in enumerate(zip(old.owners, new.owners)):
-            if now_owner == self.name and was != self.name and was is not None:
-                self._previous[p] = (was, now)
+        self._takeovers.ring_changed(old, new, self.name, bool(len(self.node.store)), trio.current_time())
+        self._refresh_fast_path()
         log.info("ring %s: %d members", new.id, len(new))
         self._handoff_due.set()
 
     def _forget(self, name: str) -> None:
         """Closes the connections to a member that is gone."""
-        for key in ((name, False), (name, True)):
-            link = self._links.pop(key, None)
-            if link is not None:
-                link.close()
-        peer = self._peers.pop(name, None)
-        if peer is not None and self._nursery is not None:
-            self._nursery.start_soon(peer[1].close)
+        link = self._links.pop(name, None)
+        if link is not None:
+            link.close()
 
     def _member_addr(self, name: str) -> tuple[str, int] | None:
         member = self.membership.get(name)
@@ -321,19 +317,6 @@ class Cluster:
             return None
         return host, port
 
-    def _peer(self, name: str) -> AsyncClient:
-        addr = self._member_addr(name)
-        if addr is None:
-            raise CommandError("UNAVAILABLE", f"member {name} has no known address")
-        known = self._peers.get(name)
-        if known is not None and known[0] == addr:
-            return known[1]
-        client = AsyncClient(nodes=[f"{addr[0]}:{addr[1]}"], timeout=self.config.forward_timeout, connect_timeout=1.0)
-        if known is not None and self._nursery is not None:
-            self._nursery.start_soon(known[1].close)
-        self._peers[name] = (addr, client)
-        return client
-
     # -- requests ------------------------------------------------------------------
 
     def route(self, cmd: int, args: Any, hops: int) -> Callable[[], Awaitable[Any]] | None:
@@ -343,7 +326,7 @@ class Cluster:
             return self._special(cmd, args, hops)
         if self._solo:
             return None  # a farm of one: everything is ours (the fast path)
-        if not self._ready() and (cmd in router.KEYED or cmd in router.GATHER):
+        if not self._ready and (cmd in router.KEYED or cmd in router.GATHER):
             # Members may already route to us, but our view is not the farm's yet.
             if hops:
                 raise CommandError("BUSY", f"member {self.name} is still joining the farm: retry")
@@ -351,10 +334,11 @@ class Cluster:
         where, owner = router.plan(cmd, args, hops, self.ring, self.name)
         if where == router.LOCAL:
             sid = router.session_of(args) if cmd in router.KEYED else None
-            if sid is not None and self._missing(sid):
+            previous = self._missing(sid) if sid is not None else None
+            if previous is not None:
                 if hops == 0:
                     return lambda: self._settled(cmd, args, None)
-                return lambda: self._take_then_local(sid)
+                return lambda: self._take_then_local(sid, previous)
             return None
         if where == router.FORWARD:
             if hops == 0:
@@ -381,18 +365,8 @@ class Cluster:
             return None  # an UNIQ forwarded by an older member, or a farm of one: create here
         return lambda: self.uniq(args)
 
-    def _ready(self) -> bool:
-        """Joined the farm, or gave the seeds ``JOIN_GRACE`` seconds (a farm's
-        first node may list seeds that are not up yet: it then serves alone)."""
-        if self.membership.joined or trio.current_time() - self._started > JOIN_GRACE:
-            self._ready = lambda: True  # once ready, always
-            self._solo = len(self.ring.members) <= 1
-            return True
-        return False
-
     async def _after_join(self, cmd: int, args: Any) -> Any:
-        while not self._ready():
-            await trio.sleep(0.02)
+        await self._ready_event.wait()
         where, owner = router.plan(cmd, args, 0, self.ring, self.name)
         if where == router.SCATTER:
             return await self.gather(cmd, args)
@@ -404,38 +378,31 @@ class Cluster:
         did not run, so it is routed again by the newer view, for up to
         ``SETTLE_TIME`` seconds. Clients only see BUSY if the view keeps
         changing longer than that."""
-        deadline = trio.current_time() + SETTLE_TIME
-        delay = 0.02
+        backoff = handoff.Backoff(trio.current_time(), SETTLE_TIME)
         while True:
             try:
                 if owner is None:
                     sid = router.session_of(args)
-                    if sid is not None and self._missing(sid):
-                        await self._take(sid)
+                    previous = self._missing(sid) if sid is not None else None
+                    if previous is not None:
+                        await self._take(sid, previous)
                         where, owner = router.plan(cmd, args, 0, self.ring, self.name)
                         if where == router.FORWARD:
                             continue  # the view moved on while we fetched it
                     return RUN_LOCAL
                 return await self.forward(owner, 1, cmd, args)
             except CommandError as exc:
-                if exc.name != "BUSY" or trio.current_time() + delay > deadline:
+                delay = backoff.next(trio.current_time()) if exc.name == "BUSY" else None
+                if delay is None:
                     raise
             self.counters["view_retries"] += 1
             await trio.sleep(delay)
-            delay = min(delay * 2, 0.2)
             where, owner = router.plan(cmd, args, 0, self.ring, self.name)
             if where != router.FORWARD:
                 owner = None
 
     async def forward(self, owner: str, hops: int, cmd: int, args: Any) -> Any:
         self.counters["forwarded"] += 1
-        if _waits(cmd, args):  # a lock that may wait: a connection of its own
-            try:
-                return await self._peer(owner)._call(Cmd.FWD, [hops, cmd, args], _ident)
-            except MsessionError as exc:
-                if exc.code in ("BADCONN", "NOCONNECT") or exc.code not in Err.__members__:
-                    raise self._unreachable(owner, cmd, exc.message, True) from None
-                raise CommandError(exc.code, exc.message) from None
         return await self.call(owner, Cmd.FWD, [hops, cmd, args], self.config.forward_timeout, cmd)
 
     async def call(self, name: str, cmd: int, args: list, timeout: float, inner: int | None = None) -> Any:
@@ -444,17 +411,25 @@ class Cluster:
         addr = self._member_addr(name)
         if addr is None:
             raise CommandError("UNAVAILABLE", f"member {name} has no known address")
-        # Handoffs and TAKEs go over a link of their own: a member answers a
-        # connection's requests in order, and a forwarded request can wait on
-        # a TAKE to the very member it came from (that would deadlock).
-        key = (name, cmd in (Cmd.TAKE, Cmd.HANDOFF))
-        known = self._links.get(key)
-        if known is None or known.addr != addr:
-            if known is not None:
-                known.close()
-            known = self._links[key] = PeerLink(addr, self._nursery)
+        if cmd == Cmd.FWD and _waits(args[1], args[2]):
+            # A lock that may wait holds its connection until granted: it gets
+            # one of its own, closed after, so that if our client goes away
+            # (and we are cancelled) the owner drops the waiter at once.
+            link = PeerLink(addr, self._nursery)
+            try:
+                return await self._over(link, name, cmd, args, timeout + _lock_wait(args[1], args[2]), inner)
+            finally:
+                link.close()
+        link = self._links.get(name)
+        if link is None or link.addr != addr:
+            if link is not None:
+                link.close()
+            link = self._links[name] = PeerLink(addr, self._nursery)
+        return await self._over(link, name, cmd, args, timeout, inner)
+
+    async def _over(self, link: PeerLink, name: str, cmd: int, args: list, timeout: float, inner: int | None) -> Any:
         try:
-            resp = await known.call(cmd, args, timeout)
+            resp = await link.call(cmd, args, timeout)
         except LinkDown as exc:
             raise self._unreachable(name, inner if inner is not None else cmd, exc.message, exc.sent) from None
         if resp.ok:
@@ -517,8 +492,9 @@ class Cluster:
             create = [sid, *args[1:]]
             try:
                 if owner is None or owner == self.name:
-                    if self._missing(sid):
-                        await self._take(sid)
+                    previous = self._missing(sid)
+                    if previous is not None:
+                        await self._take(sid, previous)
                     self.node.execute(Cmd.CREATE, create, self.clock())
                 else:
                     await self.forward(owner, 1, Cmd.CREATE, create)
@@ -531,18 +507,17 @@ class Cluster:
 
     # -- handoff -------------------------------------------------------------
 
-    def _missing(self, sid: bytes) -> bool:
-        """Whether a session we own may still be elsewhere: its partition came
-        to us less than ``TAKE_WINDOW`` seconds ago and we lack it."""
-        if not self._previous:
-            return False
-        if trio.current_time() - self._changed > TAKE_WINDOW:
-            self._previous.clear()
-            self._solo = len(self.ring.members) <= 1 and self._ready()
-            return False
-        return partition_of(sid) in self._previous and self.node.store.get(sid, self.clock(), touch=False) is None
+    def _missing(self, sid: bytes) -> str | None:
+        """The previous owner to ask for a session we own but lack, if its
+        partition came to us within ``handoff.TAKE_WINDOW``; else None."""
+        previous = self._takeovers.previous_owner(partition_of(sid), trio.current_time())
+        if previous is None:
+            if not self._solo and not self._takeovers.previous:
+                self._refresh_fast_path()  # the window may just have closed
+            return None
+        return previous if self.node.store.get(sid, self.clock(), touch=False) is None else None
 
-    async def _take(self, sid: bytes) -> None:
+    async def _take(self, sid: bytes, previous: str) -> None:
         """Fetches a session we now own from the member that held it.
 
         Shielded: a state given to us must reach the store even if the client
@@ -550,10 +525,9 @@ class Cluster:
         gone, does not answer or no longer has it, every other member is asked
         (one of them may have received it in a handoff under a view that
         differs from ours)."""
-        previous, _since = self._previous.get(partition_of(sid), (None, 0.0))
         self.counters["takes"] += 1
         with trio.CancelScope(shield=True):
-            member = self.membership.get(previous) if previous else None
+            member = self.membership.get(previous)
             if member is not None and member.state != "dead":
                 if await self._take_from(previous, sid):
                     return
@@ -578,17 +552,16 @@ class Cluster:
     async def _take_from(self, name: str, sid: bytes) -> bool | None:
         """True if ``name`` gave the session, False if it has none, None if it
         did not answer. Raises BUSY if it still owns it after ``TAKE_TIMEOUT``."""
-        delay = 0.02
-        deadline = trio.current_time() + TAKE_TIMEOUT
+        backoff = handoff.Backoff(trio.current_time(), TAKE_TIMEOUT)
         while True:
             try:
                 state = await self.call(name, Cmd.TAKE, [sid], TAKE_TIMEOUT)
             except CommandError as exc:
                 if exc.name == "BUSY":  # its view is behind ours: soon it gives the session up
-                    if trio.current_time() + delay > deadline:
+                    delay = backoff.next(trio.current_time())
+                    if delay is None:
                         raise CommandError("BUSY", f"the farm's view is changing ({name} still holds the session): retry") from None
                     await trio.sleep(delay)
-                    delay = min(delay * 2, 0.2)
                     continue
                 self._log.info("asking %s for a session it held failed: %s", name, exc.message)
                 return None
@@ -603,8 +576,8 @@ class Cluster:
                 self._handoff_due.set()  # our view moved on meanwhile: pass it on
             return True
 
-    async def _take_then_local(self, sid: bytes) -> Any:
-        await self._take(sid)
+    async def _take_then_local(self, sid: bytes, previous: str) -> Any:
+        await self._take(sid, previous)
         if self.ring.owner(sid) != self.name:
             raise CommandError("BUSY", "the farm's view changed while the session moved: retry")
         return RUN_LOCAL
@@ -669,38 +642,25 @@ class Cluster:
     async def hand_off(self, ring: Ring) -> int:
         """Sends every session ``ring`` gives to another member to that member."""
         store, now = self.node.store, self.clock()
-        moving: dict[str, list[bytes]] = {}
-        for s in store.sessions(now):
-            owner = ring.owner(s.sid)
-            if owner is not None and owner != self.name:
-                moving.setdefault(owner, []).append(s.sid)
-        sent = 0
         budget = self.config.max_frame // 2  # a HANDOFF stays well inside the receiver's frame limit
-        for owner, sids in moving.items():
-            pending = sids[::-1]
-            while pending:
-                states: list[list] = []
-                size = 0
-                while pending:
-                    s = store.get(pending[-1], self.clock(), touch=False)
-                    if s is None:
-                        pending.pop()
-                        continue
-                    cost = _state_size(s)
-                    if states and size + cost > budget:
-                        break
-                    pending.pop()
-                    state = store.export(s)  # a lock stays behind (docs/cluster.md)
-                    states.append(state)
-                    store.take(s.sid)  # gone from here before it exists there: never two holders
-                    self._moving[s.sid] = state  # but a TAKE meanwhile still finds it
-                    size += cost
+        sent = 0
+        for owner, sids in handoff.moves((s.sid for s in store.sessions(now)), ring, self.name).items():
+            held = [s for s in (store.get(sid, now, touch=False) for sid in sids) if s is not None]
+            sized = [(s.sid, handoff.state_size(s.sid, s.classname, s.data, s.vars)) for s in held]
+            for batch in handoff.batches(sized, budget):
+                states = []
+                for sid in batch:
+                    s = store.get(sid, self.clock(), touch=False)
+                    if s is not None:  # a lock stays behind (docs/cluster.md)
+                        states.append(store.export(s))
+                        store.take(sid)  # gone from here before it exists there: never two holders
+                        self._moving[sid] = states[-1]  # but a TAKE meanwhile still finds it
                 if not states:
                     continue
                 try:
                     # One request, or one per part of a session too big for one.
-                    for batch in [states] if len(states) > 1 else [[p] for p in _split(states[0], budget)]:
-                        await self.call(owner, Cmd.HANDOFF, [batch], HANDOFF_TIMEOUT)
+                    for part in [states] if len(states) > 1 else [[p] for p in handoff.split(states[0], budget)]:
+                        await self.call(owner, Cmd.HANDOFF, [part], HANDOFF_TIMEOUT)
                     sent += len(states)
                     self.counters["sessions_handed_off"] += len(states)
                 except CommandError as exc:
@@ -710,7 +670,7 @@ class Cluster:
                         if self._moving.get(state[0]) is state:  # not TAKEn meanwhile
                             store.merge_in(state, self.clock())
                     self._handoff_due.set()  # again, with the view of then
-                    pending.clear()
+                    break
                 finally:
                     for state in states:
                         if self._moving.get(state[0]) is state:
@@ -728,7 +688,7 @@ class Cluster:
         others = [n for n in m.live_names() if n != self.name]
         if others:
             self.ring = ring_for(others)  # from now on we forward everything
-            self._solo = False
+            self._refresh_fast_path()
         with trio.move_on_after(2):  # the others should know before sessions arrive
             while not m.leave_done():
                 await trio.sleep(0.05)
@@ -814,30 +774,6 @@ class Cluster:
 
 _SPECIAL = frozenset({Cmd.STATUS, Cmd.ROUTES, Cmd.HANDOFF, Cmd.TAKE, Cmd.UNIQ})
 _SAFE = frozenset({Cmd.CTL, Cmd.GETVAL, Cmd.GETALL, Cmd.DATAGET, Cmd.COUNT, Cmd.LIST, Cmd.FIND, Cmd.LISTVAR, Cmd.SETVAL, Cmd.DATASET, Cmd.DROP, Cmd.TIMEOUT})
-
-
-def _state_size(s) -> int:
-    """About the encoded size of a session's state, in bytes."""
-    return 64 + len(s.sid) + len(s.classname) + len(s.data) + sum(len(n) + len(v) + 16 for n, (v, _) in s.vars.items())
-
-
-def _split(state: list, budget: int) -> list[list]:
-    """A session's state as parts of about ``budget`` bytes at most; merged in
-    any order they give the whole (variables and data merge by version)."""
-    sid, classname, data, data_version, variables, ctime, atime, timeout = state
-    parts, chunk, size = [], [], len(data)
-    for var in variables:
-        cost = len(var[0]) + len(var[1]) + 16
-        if chunk and size + cost > budget:
-            parts.append(chunk)
-            chunk, size = [], 0
-        chunk.append(var)
-        size += cost
-    parts.append(chunk)
-    return [
-        [sid, classname, data if i == 0 else b"", data_version if i == 0 else 0, chunk, ctime, atime, timeout]
-        for i, chunk in enumerate(parts)
-    ]
 
 
 async def _value(value: Any) -> Any:

@@ -288,7 +288,8 @@ class Server:
                     if cmd == Cmd.FWD:
                         cmd, args, hops = _unwrap(args)
                     step = self.cluster.route(cmd, args, hops)
-                if step is not None and conn.send_lock is not None and self._nursery is not None:
+                if step is not None and conn.send_lock is not None and self._nursery is not None and cmd != Cmd.SLOCK:
+                    # (A lock may wait: members send those on a link of their own, answered in line.)
                     self._nursery.start_soon(self._answer_later, conn, req.id, cmd, args, step)
                     continue
                 if step is not None:
@@ -348,10 +349,7 @@ class Server:
             try:
                 result = await step()
                 if result is RUN_LOCAL:
-                    result = self.node.execute(cmd, args, self.clock())
-                    if type(result) is LockWait:  # waiting locks come on connections of their own
-                        self.node.locks.cancel(result.sid, result.waiter)
-                        raise CommandError("LOCKED", "session is locked")
+                    result = self.node.execute(cmd, args, self.clock())  # never a LockWait: not SLOCK
                 answer = self._encoder.ok(rid, result)
             except CommandError as exc:
                 answer = self._encoder.error(rid, exc.code, exc.message)

@@ -377,8 +377,6 @@ def _lock_wait(cmd: int, args: list) -> float:
     if cmd == Cmd.SLOCK:
         wait = _wait_ms(args)
         return 300.0 if wait is None else max(0, wait) / 1000.0
-    if cmd == Cmd.FWD and len(args) == 3 and type(args[2]) is list:  # [hops, cmd, args]
-        return _lock_wait(args[1], args[2])
     return 0.0
 
 
@@ -568,8 +566,6 @@ class _Slot:
 
 def _waits(cmd: int, args: list) -> bool:
     """An SLOCK that may wait: it holds back every later answer on its connection."""
-    if cmd == Cmd.FWD and len(args) == 3 and type(args[2]) is list:
-        return _waits(args[1], args[2])
     if cmd != Cmd.SLOCK:
         return False
     wait = _wait_ms(args)

@@ -1,0 +1,69 @@
+"""The rules of sessions changing owner (cluster/handoff.py), without I/O."""
+
+from __future__ import annotations
+
+from cluster import handoff
+from cluster.ring import PARTITIONS, Ring
+from node import store as stm
+
+
+def test_takeovers_name_the_previous_owner_for_the_window():
+    old, new = Ring(["a", "b"]), Ring(["a", "b", "c"])
+    t = handoff.Takeovers()
+    assert not t.active(0.0)
+    t.ring_changed(old, new, "a", holding=True, now=100.0)
+    taken = {p: t.previous_owner(p, 100.0) for p in range(PARTITIONS)}
+    assert all(new.owners[p] == "a" and old.owners[p] == prev for p, prev in taken.items() if prev)
+    # "a" gains a few partitions only through the cap's reshuffles, never its own.
+    assert all(prev != "a" for prev in taken.values())
+    assert t.previous_owner(0, 100.0 + handoff.TAKE_WINDOW + 1) is None
+    assert not t.active(100.0 + handoff.TAKE_WINDOW + 1)
+
+
+def test_a_member_that_just_joined_takes_over_from_the_others():
+    t = handoff.Takeovers()
+    new = Ring(["a", "b", "c"])
+    t.ring_changed(Ring(["c"]), new, "c", holding=False, now=0.0)
+    mine = new.partitions_of("c")
+    without = Ring(["a", "b"])
+    assert {p: t.previous_owner(p, 1.0) for p in mine} == {p: without.owners[p] for p in mine}
+    # The farm's first member, holding sessions, took nothing over when others came.
+    first = handoff.Takeovers()
+    first.ring_changed(Ring(["a"]), new, "a", holding=True, now=0.0)
+    assert not first.active(1.0)
+
+
+def test_moves_and_batches():
+    ring = Ring(["a", "b", "c"])
+    sids = [b"s%d" % i for i in range(300)]
+    moves = handoff.moves(sids, ring, "a")
+    assert set(moves) == {"b", "c"}
+    assert sorted(s for group in moves.values() for s in group) == sorted(s for s in sids if ring.owner(s) != "a")
+    groups = handoff.batches([(b"x", 40), (b"y", 40), (b"z", 40), (b"big", 500), (b"w", 10)], budget=100)
+    assert groups == [[b"x", b"y"], [b"z"], [b"big"], [b"w"]]
+    assert handoff.batches([], 100) == []
+
+
+def test_split_parts_merge_into_the_whole():
+    s = stm.Store()
+    s.apply(stm.Create(b"S", s.version(1000.0), b"cls", b"d" * 50), 1000.0)
+    s.apply(stm.SetVars(b"S", s.version(1000.0), {b"v%d" % i: b"x" * 40 for i in range(20)}), 1000.0)
+    state = s.export(s.get(b"S", 1000.0))
+    parts = handoff.split(state, budget=200)
+    assert len(parts) > 3 and all(sum(len(n) + len(v) + 16 for n, v, _ in p[4]) <= 200 for p in parts[1:])
+    for order in (parts, parts[::-1]):
+        dst = stm.Store()
+        for part in order:
+            dst.merge_in(part, 1001.0)
+        got = dst.get(b"S", 1001.0)
+        assert (got.data, got.classname, got.values()) == (b"d" * 50, b"cls", {b"v%d" % i: b"x" * 40 for i in range(20)})
+    assert handoff.split(state, budget=10**6) == [state]
+
+
+def test_backoff_doubles_to_a_ceiling_until_the_deadline():
+    b = handoff.Backoff(now=0.0, limit=1.0, first=0.1, most=0.3)
+    delays, now = [], 0.0
+    while (d := b.next(now)) is not None:
+        delays.append(d)
+        now += d
+    assert delays == [0.1, 0.2, 0.3, 0.3] and now <= 1.0
