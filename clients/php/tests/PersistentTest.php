@@ -23,18 +23,34 @@ final class PersistentTest extends TestCase
         }
     }
 
+    /** @return resource|null a client's socket */
+    private static function socketOf(Client $c)
+    {
+        return (new ReflectionProperty(Client::class, 'sock'))->getValue($c);
+    }
+
     /** The local "ip:port" of a client's socket (null when not connected). */
     private static function localName(Client $c): ?string
     {
-        $sock = (new ReflectionProperty(Client::class, 'sock'))->getValue($c);
+        $sock = self::socketOf($c);
         return is_resource($sock) ? stream_socket_get_name($sock, false) : null;
+    }
+
+    /** Waits (bounded) until the node has closed the idle socket: it is readable (EOF). */
+    private static function waitClosedByNode($sock): void
+    {
+        msession_wait_until(function () use ($sock) {
+            $r = [$sock];
+            $w = $e = null;
+            return !is_resource($sock) || @stream_select($r, $w, $e, 0) !== 0;
+        }, 10, 'the node to close the idle connection');
     }
 
     /**
      * One web request's worth of handler calls (strict mode: validateId, read
      * with the lock, updateTimestamp, close), incrementing the session's
      * variable n with INC (not idempotent: a replay would show) while it
-     * holds the lock. [new n, the connection's local address, serverInfo].
+     * holds the lock. [new n, the connection's local address, serverInfo, the socket].
      */
     private static function request(SessionHandler $h, string $nodes, string $sid): array
     {
@@ -48,10 +64,11 @@ final class PersistentTest extends TestCase
         $n = $h->client()->inc($sid, 'n');
         $local = self::localName($h->client());
         $info = $h->client()->serverInfo;
+        $sock = self::socketOf($h->client());
         if (!$h->updateTimestamp($sid, '') || !$h->close()) {
             throw new RuntimeException("cannot release $sid");
         }
-        return [$n, $local, $info];
+        return [$n, $local, $info, $sock];
     }
 
     public function testTheConnectionIsReusedAcrossHandlerInstancesWithoutHello(): void
@@ -96,8 +113,9 @@ final class PersistentTest extends TestCase
         $s = msession_test_id();
         $c->create($s);
         $before = self::localName($c);
+        $sock = self::socketOf($c);
         $c->close();
-        usleep(1500000);  // the node closes the idle connection
+        self::waitClosedByNode($sock);
         $c2 = new Client($nodes, ['persistent' => true]);
         $this->assertSame(1, $c2->inc($s, 'n'), 'INC (not idempotent) went out once, on a fresh connection');
         $this->assertNotSame($before, self::localName($c2));
@@ -106,8 +124,8 @@ final class PersistentTest extends TestCase
 
         // the same through the save handler, idle between two requests
         $sid = (new SessionHandler(['nodes' => $nodes]))->create_sid();
-        [$v1] = self::request(new SessionHandler(['nodes' => $nodes]), $nodes, $sid);
-        usleep(1500000);
+        [$v1, , , $sock] = self::request(new SessionHandler(['nodes' => $nodes]), $nodes, $sid);
+        self::waitClosedByNode($sock);
         [$v2, , $info] = self::request(new SessionHandler(['nodes' => $nodes]), $nodes, $sid);
         $this->assertSame([1, 2], [$v1, $v2]);
         $this->assertSame(1, $info['version'] ?? null, 'a new connection (HELLO) replaced the closed one');

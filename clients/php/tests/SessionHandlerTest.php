@@ -200,7 +200,15 @@ final class SessionHandlerTest extends TestCase
         $ini = ['msession.lock_lease' => '1', 'msession.lock_wait' => '5'];
         $sid = $this->request(['ops' => [['set', 'n', 0]]], $ini)['sid'];
         $crashed = $this->start(['sid' => $sid, 'ops' => [['sleep', 5000]]], $ini);
-        usleep(300000);
+        msession_wait_until(function () use ($sid) {
+            try {
+                $this->c->unlock($sid, $this->c->lock($sid, 0));
+                return false;  // not taken yet: we took and released it
+            } catch (Msession\MsessionException $e) {
+                $this->assertSame('LOCKED', $e->getErrorName());
+                return true;
+            }
+        }, 10, 'the request to take the lock');
         proc_terminate($crashed[0], 9);
         proc_close($crashed[0]);
         $t = microtime(true);

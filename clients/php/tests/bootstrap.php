@@ -66,6 +66,21 @@ function msession_test_farm(): array
     return explode(',', $farm);
 }
 
+/**
+ * Polls $cond until it returns true, at most $timeout seconds; then fails
+ * saying $what never happened.
+ */
+function msession_wait_until(callable $cond, float $timeout, string $what): void
+{
+    $deadline = microtime(true) + $timeout;
+    while (!$cond()) {
+        if (microtime(true) > $deadline) {
+            throw new RuntimeException("timed out after $timeout s waiting for $what");
+        }
+        usleep(20000);
+    }
+}
+
 /** A fresh unique name for test data. */
 function msession_test_id(string $prefix = 't'): string
 {
