@@ -14,11 +14,10 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from procs import ROOT
 
 
 def _have_redis() -> bool:
