@@ -2,8 +2,7 @@
 real node, and the web-farm test: two ``php -S`` web servers sharing sessions
 through msession, driven by virtual users.
 
-The msession nodes come from the ``msession_nodes`` fixture: the ``farm``
-fixture of conftest.py when there is one, else one real node. Each web server
+The msession nodes of the web farm are conftest.py's 3-node ``farm``. Each web server
 is given every node, starting from a different one (web server i talks to
 node i first), so with a farm the two web servers use different nodes.
 
@@ -13,6 +12,7 @@ php-cli, php-msgpack and phpunit): without it these tests fail, they do not skip
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -39,6 +39,7 @@ def _need(binary: str) -> str:
     return path
 
 
+@functools.cache
 def _need_php() -> str:
     php = _need("php")
     mods = subprocess.run([php, "-m"], capture_output=True, text=True, timeout=30).stdout.lower().split()
@@ -48,20 +49,10 @@ def _need_php() -> str:
 
 
 @pytest.fixture
-def msession_nodes(request) -> list[str]:
-    """Addresses ("host:port") of the msession nodes behind the web farm: the
-    ``farm`` fixture's when conftest.py has one, else one real node."""
-    try:
-        farm = request.getfixturevalue("farm")
-    except pytest.FixtureLookupError:
-        node = NodeProcess()
-        try:
-            yield [node.address]
-        finally:
-            node.stop()
-        return
-    nodes = getattr(farm, "addresses", farm)
-    yield [n if isinstance(n, str) else n.address for n in nodes]
+def msession_nodes(farm) -> list[str]:
+    """Addresses ("host:port") of the msession nodes behind the web farm:
+    conftest.py's 3-node ``farm``."""
+    return farm.addresses
 
 
 # -- PHPUnit ------------------------------------------------------------------------
