@@ -60,6 +60,20 @@ GOSSIP = re.compile(r"gossip on (\S+):(\d+)")
 SEQ_USERS, BURST_USERS, BURST = 20, 5, 4
 
 
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float) -> bool:
+    """Polls until 127.0.0.1:``port`` accepts a connection (True), ``proc``
+    exits or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
 class MemcachedServer(_Child):
     name = "memcached"
 
@@ -73,13 +87,8 @@ class MemcachedServer(_Child):
             cmd += ["-u", "root"]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.logfile, stderr=subprocess.STDOUT,
                                      preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
+        if _wait_port(self.port, self.proc, timeout):
+            return self
         log = self.log()
         self.stop()
         raise BenchError(f"memcached did not start:\n{log}")
@@ -110,16 +119,9 @@ class PhpServer:
         self._reader = threading.Thread(target=self._drain, daemon=True) if log else None
         if self._reader:
             self._reader.start()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise BenchError(f"php -S did not start: {' '.join(cmd)}\n{self.log.decode(errors='replace')}")
-                time.sleep(0.05)
+        if not _wait_port(self.port, self.proc, 10):
+            self.stop()
+            raise BenchError(f"php -S did not start: {' '.join(cmd)}\n{self.log.decode(errors='replace')}")
 
     def _drain(self) -> None:
         for line in self.proc.stderr:
@@ -257,6 +259,10 @@ class Tally:
             self.errors += error
             self.violations += violations
 
+    def add_violations(self, n: int) -> None:
+        with self.lock:
+            self.violations += n
+
 
 def sequential_user(ports, seconds: float, tally: Tally) -> None:
     sid, prev, i = None, 0, 0
@@ -286,8 +292,7 @@ def burst_user(ports, seconds: float, tally: Tally, pool: ThreadPoolExecutor) ->
         for v, _, dt in answers:
             tally.add(dt, error=v is None)
         expected = set(range(prev + 1, prev + len(values) + 1))
-        tally.add(0.0, violations=len(values) - len(expected & set(values)))
-        tally.latencies.pop()  # the bookkeeping entry above is not a request
+        tally.add_violations(len(values) - len(expected & set(values)))
         prev = max(values, default=prev)
 
 
