@@ -22,6 +22,7 @@ import socket
 import time
 from typing import Any, Callable
 
+import outcome
 import trio
 
 from protocol.codec import Encoder, FrameDecoder, ProtocolError, parse_request
@@ -88,6 +89,13 @@ class _Conn:
                 return b""
 
     async def send(self, data: bytes) -> None:
+        if self.send_lock is None:
+            await self._send(data)
+        else:
+            async with self.send_lock:
+                await self._send(data)
+
+    async def _send(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             try:
@@ -112,7 +120,7 @@ MEMBER_SLACK = 64 * 1024  # bytes a member's connection may exceed max_frame by 
 
 def _from_member(args: Any) -> bool:
     """HELLO [version, {"member": true, ...}]: another member of the farm."""
-    return len(args) > 1 and type(args[1]) is dict and args[1].get(b"member", args[1].get("member")) is True
+    return len(args) > 1 and type(args[1]) is dict and args[1].get(b"member") is True  # keys arrive as bytes
 
 
 def _unwrap(args: Any) -> tuple[int, Any, int]:
@@ -288,13 +296,13 @@ class Server:
                     if cmd == Cmd.FWD:
                         cmd, args, hops = _unwrap(args)
                     step = self.cluster.route(cmd, args, hops)
-                if step is not None and conn.send_lock is not None and self._nursery is not None and cmd != Cmd.SLOCK:
+                if step is not None and conn.send_lock is not None and cmd != Cmd.SLOCK:
                     # (A lock may wait: members send those on a link of their own, answered in line.)
                     self._nursery.start_soon(self._answer_later, conn, req.id, cmd, args, step)
                     continue
                 if step is not None:
                     if out:  # answers so far go out before we wait on another member
-                        await self._send(conn, b"".join(out))
+                        await conn.send(b"".join(out))
                         out.clear()
                         size = 0
                     result = await self._remote(conn, step, cmd == Cmd.SLOCK, args)
@@ -318,30 +326,27 @@ class Server:
                 answer = encoder.ok(req.id, result)
             except ConnectionError:
                 raise
-            except CommandError as exc:
-                answer = encoder.error(req.id, exc.code, exc.message)
-            except Exception as exc:  # a bug must not take the node down
-                self._log.info("internal error on command %s", req.cmd, exc_info=True)  # rate-limited
-                answer = encoder.error(req.id, Err.UNKNOWN, f"internal error: {type(exc).__name__}")
+            except Exception as exc:
+                answer = self._failed(req.id, req.cmd, exc)
             out.append(answer)
             size += len(answer)
             if size >= SEND_THRESHOLD:  # do not let a burst of reads pile up answers
-                await self._send(conn, b"".join(out))
+                await conn.send(b"".join(out))
                 out.clear()
                 size = 0
             if answered % YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()  # a long pipeline must not starve the others
         if out:
-            await self._send(conn, b"".join(out))
+            await conn.send(b"".join(out))
         return answered
 
-    @staticmethod
-    async def _send(conn: _Conn, data: bytes) -> None:
-        if conn.send_lock is None:
-            await conn.send(data)
-        else:
-            async with conn.send_lock:
-                await conn.send(data)
+    def _failed(self, rid: Any, cmd: int, exc: Exception) -> bytes:
+        """The answer to a request that raised: its error, or, for a bug (which
+        must not take the node down), UNKNOWN and a rate-limited log line."""
+        if isinstance(exc, CommandError):
+            return self._encoder.error(rid, exc.code, exc.message)
+        self._log.info("internal error on command %s", cmd, exc_info=True)
+        return self._encoder.error(rid, Err.UNKNOWN, f"internal error: {type(exc).__name__}")
 
     async def _answer_later(self, conn: _Conn, rid: Any, cmd: int, args: Any, step: Callable) -> None:
         """A member's request that waits on the farm, answered when ready."""
@@ -351,13 +356,10 @@ class Server:
                 if result is RUN_LOCAL:
                     result = self.node.execute(cmd, args, self.clock())  # never a LockWait: not SLOCK
                 answer = self._encoder.ok(rid, result)
-            except CommandError as exc:
-                answer = self._encoder.error(rid, exc.code, exc.message)
-            except Exception as exc:  # a bug must not take the node down
-                self._log.info("internal error on command %s", cmd, exc_info=True)
-                answer = self._encoder.error(rid, Err.UNKNOWN, f"internal error: {type(exc).__name__}")
+            except Exception as exc:
+                answer = self._failed(rid, cmd, exc)
             if not conn.eof and conn.sock.fileno() >= 0:
-                await self._send(conn, answer)
+                await conn.send(answer)
         except (ConnectionError, OSError, trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the member went away meanwhile
 
@@ -368,20 +370,26 @@ class Server:
         meanwhile is released."""
         if not waits:
             return await step()
-        outcome: list = []
+        left, result = await self._watching(conn, step)
+        if left:
+            if type(result) is outcome.Value and type(result.value) is int:
+                self.cluster.release_lock(args, result.value)
+            return _LEFT
+        return result.unwrap()
+
+    async def _watching(self, conn: _Conn, fn: Callable) -> tuple[bool, Any]:
+        """Runs ``fn`` while reading ahead on the connection, whose own
+        deadline is lifted meanwhile: (did the client leave, ``fn``'s outcome
+        or None). If the client leaves, ``fn`` is cancelled."""
+        result = None
         left = False
         conn.scope.deadline = math.inf  # the wait has its own limit
         try:
             async with trio.open_nursery() as nursery:
 
                 async def run() -> None:
-                    try:
-                        outcome.append(("ok", await step()))
-                    except (CommandError, ConnectionError) as exc:
-                        outcome.append(("error", exc))
-                    except Exception as exc:  # a bug must not take the node down
-                        self._log.info("internal error on a forwarded lock: %r", exc)
-                        outcome.append(("error", CommandError("UNKNOWN", f"internal error: {type(exc).__name__}")))
+                    nonlocal result
+                    result = await outcome.acapture(fn)
                     nursery.cancel_scope.cancel()
 
                 async def watch() -> None:
@@ -394,14 +402,7 @@ class Server:
         finally:
             conn.timer.waited(trio.current_time())
             conn.sync_deadline()
-        if left:
-            if outcome and outcome[0][0] == "ok" and type(outcome[0][1]) is int:
-                self.cluster.release_lock(args, outcome[0][1])
-            return _LEFT
-        kind, value = outcome[0]
-        if kind == "error":
-            raise value
-        return value
+        return left, result
 
     async def _watch_eof(self, conn: _Conn) -> bool:
         """Reads ahead while a request waits: True when the client has gone.
@@ -429,20 +430,14 @@ class Server:
         left = delivered = False
         try:
             if flush:
-                await self._send(conn, flush)  # under the idle deadline: the client must read
-            conn.scope.deadline = math.inf  # the wait has its own limit
+                await conn.send(flush)  # under the idle deadline: the client must read
             if not lw.waiter.key:
-                async with trio.open_nursery() as nursery:
 
-                    async def watch() -> None:
-                        nonlocal left
-                        left = await self._watch_eof(conn)
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(watch)
+                async def granted() -> None:
                     with trio.move_on_after(lw.wait):
                         await event.wait()
-                    nursery.cancel_scope.cancel()
+
+                left, _ = await self._watching(conn, granted)
             if left:
                 return None
             if not lw.waiter.key:
