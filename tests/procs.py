@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.servers import die_with_parent  # noqa: E402
+from bench.servers import free_port  # noqa: E402,F401  (tests take it from here)
+from node.farm import die_with_parent  # noqa: E402
 READY = re.compile(rb"msession listening on (\S+):(\d+)")
 GOSSIP = re.compile(rb"gossip on (\S+):(\d+) as (\S+)")
 
@@ -30,15 +31,24 @@ def stop_all() -> None:
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
     """Polls ``predicate`` until it returns something true (returned), at most
-    ``timeout`` seconds; then fails saying ``what`` never happened."""
+    ``timeout`` seconds; then fails naming ``what`` and the last value seen."""
     deadline = time.monotonic() + timeout
     while True:
-        value = predicate()
-        if value:
-            return value
+        last = predicate()
+        if last:
+            return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
         time.sleep(interval)
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    """``wait_for`` inside trio: polls without blocking the event loop."""
+    import trio
+
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
 
 
 class NodeProcess:

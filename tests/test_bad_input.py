@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import start_server
-from procs import NodeProcess
+from procs import NodeProcess, wait_until
 from protocol.client import Client
 from protocol.codec import encode_frame, frame
 from protocol.constants import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, Cmd, Err
@@ -171,12 +171,6 @@ async def start_seeded(nursery, **overrides):
     server = await start_server(nursery, **overrides)
     await seed(server.ports[0])
     return server
-
-
-async def wait_until(predicate, timeout: float = IO_TIMEOUT) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
 
 
 # -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from bench.servers import die_with_parent
 from node import cli
 from node import config as config_mod
 from node import farm
-from procs import ROOT, NodeProcess
+from procs import ROOT, NodeProcess, free_port
 from test_cli import run
 
 
@@ -166,12 +166,6 @@ def test_status_table_standalone_and_empty():
 
 
 # -- status errors -------------------------------------------------------------------------
-
-def free_port(host="127.0.0.1"):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
 
 def test_status_of_an_unreachable_node_is_one_line():
     addr = f"127.0.0.1:{free_port()}"

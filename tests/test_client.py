@@ -9,9 +9,8 @@ import pytest
 import trio
 
 from conftest import start_server
-from test_bad_input import wait_until
 from protocol.client import AsyncClient, Client, MsessionError, parse_node
-from procs import NodeProcess
+from procs import NodeProcess, wait_until
 
 
 def sid():

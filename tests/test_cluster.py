@@ -22,7 +22,7 @@ import pytest
 
 from cluster import messages as gm
 from cluster.ring import ring_for
-from procs import Farm
+from procs import Farm, wait_for
 from protocol.client import Client, MsessionError
 from protocol.codec import ClientProtocol
 from protocol.constants import PROTOCOL_VERSION, Cmd
@@ -59,19 +59,6 @@ def outcome(fn, *args, **kwargs):
         return ("ok", fn(*args, **kwargs))
     except MsessionError as exc:
         return ("error", exc.code)
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Polls ``predicate`` until it returns something true (returned), at most
-    ``timeout`` seconds; then fails naming ``what`` and the last value seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
-        time.sleep(interval)
 
 
 def info_sessions(farm: Farm) -> dict[str, int]:

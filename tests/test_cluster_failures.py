@@ -19,29 +19,11 @@ import time
 import pytest
 
 from cluster.ring import ring_for
-from procs import ROOT, Farm, NodeProcess, die_with_parent
+from procs import ROOT, Farm, NodeProcess, die_with_parent, free_port, wait_for
 from protocol.client import Client, MsessionError
-from test_cluster import contract_run, info_sessions, live_names, live_nodes, outcome, sids_owned, wait_for
+from test_cluster import contract_run, info_sessions, live_names, live_nodes, outcome, sids_owned
 
 DETECTION_BOUND = 2.0  # the issue: a SIGKILLed node is declared dead by every member in 2 s or less
-
-
-@pytest.fixture
-def farms():
-    """Farms a test starts; all stopped at its end, even on failure."""
-    made: list[Farm] = []
-
-    def make(n: int, *args: str, prefix: str = "node") -> Farm:
-        f = Farm(n, *args, prefix=prefix)
-        made.append(f)
-        return f
-
-    try:
-        yield make
-    finally:
-        for f in made:
-            for node in f.nodes:
-                node.stop(signal.SIGKILL)
 
 
 def _states(node, timeout: float = 3.0) -> dict[str, str]:
@@ -369,12 +351,6 @@ def _serve(*args: str, timeout: float = 15.0) -> tuple[int | None, str]:
     return proc.returncode, err.decode(errors="replace")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_name_alive_elsewhere_is_refused_with_a_clear_message(farm):
     taken = farm.nodes[0]
     seeds = ",".join(n.gossip_address for n in farm.nodes[1:])
@@ -390,7 +366,7 @@ def test_a_name_alive_elsewhere_is_refused_with_a_clear_message(farm):
 
 
 def test_seeds_that_do_not_answer_give_a_warning_and_the_node_serves():
-    dead_seed = f"127.0.0.1:{_free_port()}"
+    dead_seed = f"127.0.0.1:{free_port()}"
     node = NodeProcess("--name", "lonely", "--seeds", dead_seed)
     try:
         with Client(nodes=[node.address]) as c:
@@ -407,7 +383,7 @@ def test_seeds_that_do_not_answer_give_a_warning_and_the_node_serves():
 
 
 def test_gossip_port_equal_to_the_port_is_one_clear_line():
-    port = _free_port()
+    port = free_port()
     rc, err = _serve("--port", str(port), "--gossip-port", str(port))
     assert rc == 2, (rc, err)
     assert len(err.strip().splitlines()) == 1 and "gossip_port" in err and str(port) in err, err

@@ -9,7 +9,7 @@ from conftest import start_server
 from protocol.client import AsyncClient
 from protocol.codec import FrameDecoder, encode_request, parse_response
 from protocol.constants import Cmd
-from test_bad_input import wait_until
+from procs import wait_until
 
 
 async def read_answers(stream, n, timeout=10.0):
