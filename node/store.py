@@ -309,7 +309,7 @@ class Store:
         if atime + timeout <= now:
             return False
         newest = max([data_version] + [ver for _, _, ver in pairs])
-        self._bury(None, 0, now)
+        self._forget_drops(now)
         tomb = self._dropped.get(sid)
         if tomb is not None and newest <= tomb[0]:
             return False  # a copy from before it was dropped here
@@ -335,17 +335,19 @@ class Store:
                 s.vars[name] = (value, version)
         return True
 
-    def _bury(self, sid: bytes | None, version: int, now: float) -> None:
-        """Records a drop (``sid`` not None) and forgets old ones."""
+    def _bury(self, sid: bytes, version: int, now: float) -> None:
+        """Records a drop (and forgets old ones)."""
+        self._forget_drops(now)
+        self._dropped.pop(sid, None)  # re-insert: the dict stays in time order
+        self._dropped[sid] = (version, now)
+
+    def _forget_drops(self, now: float) -> None:
         dropped = self._dropped
         while dropped:
             first = next(iter(dropped))
             if now - dropped[first][1] <= TOMBSTONE_KEEP:
                 break
             del dropped[first]
-        if sid is not None:
-            dropped.pop(sid, None)  # re-insert: the dict stays in time order
-            dropped[sid] = (version, now)
 
     # -- expiry ------------------------------------------------------------
 
