@@ -36,7 +36,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from node.commands import RUN_LOCAL, CommandError, Node
+from node.commands import RUN_LOCAL, CommandError, Node, routes_map, status_map
 from node.config import Config
 from node.logs import RateLimitedLog
 from node.store import random_id
@@ -721,7 +721,7 @@ class Cluster:
         owners = array("H", [index[o] for o in ring.owners])
         if sys.byteorder == "little":
             owners.byteswap()  # big-endian on the wire
-        out = {"ring": ring.id, "partitions": len(ring.owners), "members": members, "owners": owners.tobytes()}
+        out = routes_map(ring.id, len(ring.owners), members, owners.tobytes())
         self._routes = (ring, out)
         return out
 
@@ -756,12 +756,10 @@ class Cluster:
                 "share": share["share"],
                 "sessions": counts.get(member.name) if member.name in live else None,
             })
-        return {
-            "name": self.name, "cluster": True,
-            "node": f"{self.host}:{self.data_port}", "gossip": f"{self.host}:{self.gossip_port}",
-            "ring": self.ring.id, "partitions": len(self.ring.owners), "health": m.health,
-            "members": members,
-        }
+        return status_map(
+            self.name, f"{self.host}:{self.data_port}", cluster=True, gossip=f"{self.host}:{self.gossip_port}",
+            ring=self.ring.id, partitions=len(self.ring.owners), health=m.health, members=members,
+        )
 
     def _info(self) -> dict:
         m = self.membership

@@ -52,6 +52,23 @@ class LockWait:
 
 
 # ----------------------------------------------------------------------------
+# STATUS and ROUTES answers (PROTOCOL.md 6.5): a standalone node's here, a farm
+# member's from cluster/runtime.py, one shape for both.
+
+
+def status_map(name: str, node: str, *, cluster: bool = False, gossip: str | None = None, ring: str | None = None,
+               partitions: int = 0, health: int = 0, members: list | None = None) -> dict:
+    return {
+        "name": name, "cluster": cluster, "node": node, "gossip": gossip,
+        "ring": ring, "partitions": partitions, "health": health, "members": members or [],
+    }
+
+
+def routes_map(ring: str | None = None, partitions: int = 0, members: list | None = None, owners: bytes = b"") -> dict:
+    return {"ring": ring, "partitions": partitions, "members": members or [], "owners": owners}
+
+
+# ----------------------------------------------------------------------------
 # Argument checking
 
 
@@ -223,16 +240,11 @@ class Node:
 
     def status(self, args, now):
         _arity(args, 0, 0, "STATUS")
-        return {
-            "name": self.config.name or "standalone", "cluster": False,
-            "node": f"{self.config.bind}:{self.config.port}", "gossip": None,
-            "ring": None, "partitions": 0, "health": 0,
-            "members": [],
-        }
+        return status_map(self.config.name or "standalone", f"{self.config.bind}:{self.config.port}")
 
     def routes(self, args, now):
         _arity(args, 0, 0, "ROUTES")
-        return {"ring": None, "partitions": 0, "members": [], "owners": b""}
+        return routes_map()
 
     def count(self, args, now):
         _arity(args, 0, 0, "COUNT")
