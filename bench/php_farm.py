@@ -51,6 +51,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from node.farm import converged
+
 from .servers import DEFAULT_NODE_CMD, BenchError, MsessionServer, RedisServer, _Child, _die_with_parent, find_redis, free_port, proc_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,8 +188,7 @@ class MsessionFarm:
                 for node in self.nodes:
                     with Client(nodes=[f"127.0.0.1:{node.port}"], timeout=5) as c:
                         views.append(c.status())
-                if all(sum(m["state"] == "alive" for m in v["members"]) == n for v in views) \
-                        and len({v["ring"] for v in views}) == 1:
+                if converged(views, {f"bench{i + 1}" for i in range(n)}) is None:
                     return
             except Exception:  # a node still starting
                 pass

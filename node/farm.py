@@ -44,6 +44,17 @@ FARM_OWNED_ENV = ("MSESSION_NAME", "MSESSION_BIND", "MSESSION_PORT", "MSESSION_G
                   "MSESSION_SEEDS", "MSESSION_ADVERTISE")
 
 
+def converged(views: list[dict], names: set[str]) -> str | None:
+    """None when every STATUS answer in ``views`` shows exactly ``names``
+    alive and all show the same ring; else what is still missing."""
+    for view in views:
+        alive = {m.get("name") for m in view.get("members", []) if m.get("state") == "alive"}
+        if alive != names:
+            return f"{view.get('name')} sees {len(alive)} of {len(names)} alive ({', '.join(sorted(map(str, alive))) or 'none'})"
+    rings = {view.get("ring") for view in views}
+    return None if len(rings) <= 1 else f"{len(rings)} different rings"
+
+
 class FarmError(Exception):
     """The farm cannot start or went wrong; the message says what and why."""
 
@@ -241,16 +252,14 @@ class Farm:
 
     def _sees_all(self, node: FarmNode) -> str | None:
         """None when ``node`` sees every node alive, else what it sees."""
-        want = len(self.nodes)
         try:
             with Client(nodes=[node.address], timeout=2.0, connect_timeout=1.0) as client:
                 status = client.status()
-            alive = sorted(m.get("name", "?") for m in status.get("members", []) if m.get("state") == "alive")
         except MsessionError as exc:
             return f"STATUS failed: {exc}"
         except (OSError, ValueError, AttributeError, TypeError) as exc:
             return f"STATUS failed: {exc!r}"
-        return None if len(alive) >= want else f"{len(alive)} of {want} alive ({', '.join(alive) or 'none'})"
+        return converged([status], {n.name for n in self.nodes})
 
     def _wait_members(self, deadline: float) -> None:
         """Until node 1, then every other node, sees all of them alive."""

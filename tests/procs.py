@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.servers import free_port  # noqa: E402,F401  (tests take it from here)
-from node.farm import die_with_parent  # noqa: E402
+from node.farm import converged, die_with_parent  # noqa: E402
 READY = re.compile(rb"msession listening on (\S+):(\d+)")
 GOSSIP = re.compile(rb"gossip on (\S+):(\d+) as (\S+)")
 
@@ -181,10 +181,7 @@ class Farm:
             live = [n for n in self.nodes if n.proc.poll() is None]
             names = {n.name for n in live}
             try:
-                views = [self.status(n) for n in live]
-                if all({m["name"] for m in v["members"] if m["state"] == "alive"} == names for v in views) and len(
-                    {v["ring"] for v in views}
-                ) == 1:
+                if converged([self.status(n) for n in live], names) is None:
                     return
             except Exception:  # a node still starting
                 if time.monotonic() > deadline:
