@@ -25,7 +25,7 @@ from typing import Any, Callable
 import outcome
 import trio
 
-from protocol.codec import Encoder, FrameDecoder, ProtocolError, parse_request
+from protocol.codec import Encoder, FrameDecoder, ProtocolError, decode_request
 from protocol.constants import Cmd, Err
 
 from .commands import RUN_LOCAL, CommandError, LockWait, Node
@@ -58,10 +58,11 @@ class _Conn:
     end cannot starve the others.
     """
 
-    __slots__ = ("sock", "decoder", "eof", "peer", "scope", "timer", "cut", "send_lock")
+    __slots__ = ("sock", "fd", "decoder", "eof", "peer", "scope", "timer", "cut", "send_lock")
 
     def __init__(self, sock: socket.socket, addr: Any, config: Config):
         self.sock = sock
+        self.fd = sock.fileno()  # trio waits on the number: no fileno() call per wait
         self.decoder = FrameDecoder(config.max_frame)
         self.eof = False
         self.peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
@@ -79,30 +80,38 @@ class _Conn:
 
     async def recv(self) -> bytes:
         """The next bytes from the client; b"" at end of stream."""
-        await trio.lowlevel.wait_readable(self.sock)
+        await _wait_readable(self.fd)
         while True:
             try:
                 return self.sock.recv(READ_SIZE)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.sock)
+                await _wait_readable(self.fd)
             except OSError:  # reset by the peer
                 return b""
 
     async def send(self, data: bytes) -> None:
         if self.send_lock is None:
-            await self._send(data)
+            if data:  # the usual case first: the whole answer fits in the socket buffer
+                try:
+                    sent = self.sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    raise ConnectionError(str(exc)) from None
+                if sent < len(data):
+                    await self._send(data, sent)
         else:
             async with self.send_lock:
                 await self._send(data)
 
-    async def _send(self, data: bytes) -> None:
-        view = memoryview(data)
+    async def _send(self, data: bytes, start: int = 0) -> None:
+        view = memoryview(data)[start:]
         while view:
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
                 try:
-                    await trio.lowlevel.wait_writable(self.sock)
+                    await trio.lowlevel.wait_writable(self.fd)
                 except trio.Cancelled:
                     self.cut = view.nbytes < len(data)
                     raise
@@ -111,6 +120,9 @@ class _Conn:
                 raise ConnectionError(str(exc)) from None
             view = view[sent:]
 
+
+_wait_readable = trio.lowlevel.wait_readable
+_FWD, _HELLO, _SLOCK = int(Cmd.FWD), int(Cmd.HELLO), int(Cmd.SLOCK)
 
 _LEFT = object()  # the client went away while its request ran elsewhere
 
@@ -240,20 +252,32 @@ class Server:
 
     async def _serve_conn(self, conn: _Conn) -> None:
         timer = conn.timer
+        decoder = conn.decoder
+        now = trio.lowlevel.current_clock().current_time  # trio.current_time() without its two wrappers
         with conn.scope:
             while True:
                 data = await conn.recv()
                 if not data:
                     conn.eof = True
                     return
-                conn.decoder.feed(data)
-                timer.received(trio.current_time(), conn.decoder.has_frame())
-                conn.sync_deadline()
+                decoder.feed(data)
+                # timer.received() changes nothing while no frame is incomplete
+                # and the idle deadline is not near: skip the call then.
+                if timer.partial_since is not None:
+                    timer.received(now(), decoder.has_frame())
+                    conn.sync_deadline()
+                else:
+                    t = now()
+                    if timer.deadline < t + timer.idle_timeout:
+                        timer.received(t, True)
+                        conn.sync_deadline()
                 answered = await self._run_frames(conn)
                 if answered < 0 or conn.eof:
                     return
-                timer.answered(trio.current_time(), bool(conn.decoder.pending))
-                conn.sync_deadline()
+                # timer.answered() changes nothing when no frame is, or was, incomplete.
+                if decoder.pending or timer.partial_since is not None:
+                    timer.answered(now(), bool(decoder.pending))
+                    conn.sync_deadline()
         if conn.scope.cancelled_caught:
             self.counters.timeouts += 1
             if conn.cut:
@@ -271,11 +295,16 @@ class Server:
         Returns how many frames were answered, or -1 when the connection must close.
         """
         encoder = self._encoder
+        ok = encoder.ok
+        decoder = conn.decoder
+        execute = self.node.execute
+        clock = self.clock
+        cluster = self.cluster
         out: list[bytes] = []
         size = answered = 0
         while True:
             try:
-                body = conn.decoder.next_frame()
+                body = decoder.next_frame()
             except ProtocolError as exc:
                 self._bad(conn, exc.message)
                 out.append(encoder.error(None, exc.code, exc.message))
@@ -285,34 +314,35 @@ class Server:
                 break
             answered += 1
             try:
-                req = parse_request(body)
+                rid, cmd, args = decode_request(body)
             except ProtocolError as exc:
                 self._bad(conn, exc.message)
                 out.append(encoder.error(exc.request_id, exc.code, exc.message))
                 continue
+            received_cmd, step = cmd, None
             try:
-                cmd, args, hops, step = req.cmd, req.args, 0, None
-                if self.cluster is not None:
-                    if cmd == Cmd.FWD:
+                if cluster is not None:
+                    hops = 0
+                    if cmd == _FWD:
                         cmd, args, hops = _unwrap(args)
-                    step = self.cluster.route(cmd, args, hops)
-                if step is not None and conn.send_lock is not None and cmd != Cmd.SLOCK:
+                    step = cluster.route(cmd, args, hops)
+                if step is not None and conn.send_lock is not None and cmd != _SLOCK:
                     # (A lock may wait: members send those on a link of their own, answered in line.)
-                    self._nursery.start_soon(self._answer_later, conn, req.id, cmd, args, step)
+                    self._nursery.start_soon(self._answer_later, conn, rid, cmd, args, step)
                     continue
                 if step is not None:
                     if out:  # answers so far go out before we wait on another member
                         await conn.send(b"".join(out))
                         out.clear()
                         size = 0
-                    result = await self._remote(conn, step, cmd == Cmd.SLOCK, args)
+                    result = await self._remote(conn, step, cmd == _SLOCK, args)
                     if result is _LEFT:
                         return -1
                     if result is RUN_LOCAL:
                         step = None
                 if step is None:
-                    result = self.node.execute(cmd, args, self.clock())
-                    if cmd == Cmd.HELLO and self.cluster is not None and _from_member(args):
+                    result = execute(cmd, args, clock())
+                    if cmd == _HELLO and cluster is not None and _from_member(args):
                         # Forwarded requests carry an envelope: room for it.
                         conn.decoder.max_frame = self.config.max_frame + MEMBER_SLACK
                         conn.send_lock = conn.send_lock or trio.Lock()
@@ -323,11 +353,11 @@ class Server:
                     result = await self._wait_for_lock(conn, result, flush)
                     if result is None:
                         return -1  # the client left while waiting
-                answer = encoder.ok(req.id, result)
+                answer = ok(rid, result)
             except ConnectionError:
                 raise
             except Exception as exc:
-                answer = self._failed(req.id, req.cmd, exc)
+                answer = self._failed(rid, received_cmd, exc)
             out.append(answer)
             size += len(answer)
             if size >= SEND_THRESHOLD:  # do not let a burst of reads pile up answers
@@ -337,7 +367,7 @@ class Server:
             if answered % YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()  # a long pipeline must not starve the others
         if out:
-            await conn.send(b"".join(out))
+            await conn.send(out[0] if len(out) == 1 else b"".join(out))
         return answered
 
     def _failed(self, rid: Any, cmd: int, exc: Exception) -> bytes:

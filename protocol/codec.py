@@ -24,6 +24,11 @@ import msgpack
 from .constants import DEFAULT_MAX_FRAME, HEADER_SIZE, Err, Status
 
 _HEADER = struct.Struct(">I")
+_pack_header = _HEADER.pack
+_unpack_header = _HEADER.unpack_from
+_unpackb = msgpack.unpackb
+_OK = int(Status.OK)  # plain ints pack the same, without msgpack's slower path for int subclasses
+_ERR = int(Status.ERR)
 MAX_REQUEST_ID = 2**64 - 1
 
 
@@ -63,10 +68,9 @@ class FrameDecoder:
 
     def next_frame(self) -> bytes | None:
         buf, pos = self._buf, self._pos
-        available = len(buf) - pos
-        if available < HEADER_SIZE:
+        if len(buf) - pos < HEADER_SIZE:
             return None
-        (length,) = _HEADER.unpack_from(buf, pos)
+        length = _unpack_header(buf, pos)[0]
         if length > self.max_frame:
             raise ProtocolError(
                 Err.BADLEN, f"frame of {length} bytes exceeds the limit of {self.max_frame}"
@@ -74,10 +78,11 @@ class FrameDecoder:
         end = pos + HEADER_SIZE + length
         if end > len(buf):
             return None
-        with memoryview(buf) as view:
-            body = bytes(view[pos + HEADER_SIZE : end])  # one copy
         self._pos = end
-        return body
+        if length < 4096:  # small: slicing (two short copies) costs less than a memoryview
+            return bytes(buf[pos + HEADER_SIZE : end])
+        with memoryview(buf) as view:
+            return bytes(view[pos + HEADER_SIZE : end])  # one copy
 
     def has_frame(self) -> bool:
         """Whether a complete frame (or an oversize length) is buffered."""
@@ -94,7 +99,7 @@ class FrameDecoder:
 
 
 def frame(body: bytes) -> bytes:
-    return _HEADER.pack(len(body)) + body
+    return _pack_header(len(body)) + body
 
 
 def pack(obj: Any) -> bytes:
@@ -128,12 +133,26 @@ def parse_request(body: bytes) -> Request:
     error can happen here. Raises ``ProtocolError(BADHDR)``, carrying the request
     id when one could be read, for anything that is not ``[id, cmd, args]``.
     """
+    return Request(*decode_request(body))
+
+
+def decode_request(body: bytes) -> tuple[int, int, list]:
+    """``parse_request`` as a tuple ``(id, cmd, args)``: the server's hot path."""
     try:
-        msg = msgpack.unpackb(body, raw=True, strict_map_key=False, use_list=True)
+        msg = _unpackb(body, raw=True, strict_map_key=False, use_list=True)
     except msgpack.ExtraData as exc:
         raise ProtocolError(Err.BADHDR, "frame holds more than one MessagePack value", _salvage_id(exc.unpacked)) from None
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(Err.BADHDR, f"frame is not valid MessagePack ({type(exc).__name__})") from None
+    if type(msg) is list and len(msg) == 3:
+        rid, cmd, args = msg
+        if type(rid) is int and type(cmd) is int and type(args) is list and 0 <= rid <= MAX_REQUEST_ID:
+            return rid, cmd, args  # well formed: the common case
+    return _bad_request(msg)
+
+
+def _bad_request(msg: Any) -> tuple[int, int, list]:
+    """The checks of a request, in order, for one that failed the quick test."""
     if not isinstance(msg, list) or len(msg) != 3:
         rid = _salvage_id(msg)
         raise ProtocolError(Err.BADHDR, "request must be an array [id, cmd, args]", rid)
@@ -144,7 +163,7 @@ def parse_request(body: bytes) -> Request:
         raise ProtocolError(Err.BADHDR, "command must be an integer", rid)
     if not isinstance(args, list):
         raise ProtocolError(Err.BADHDR, "args must be an array", rid)
-    return Request(rid, cmd, args)
+    return rid, cmd, args
 
 
 def _salvage_id(msg: Any) -> int | None:
@@ -163,10 +182,11 @@ class Encoder:
         self._pack = msgpack.Packer(use_bin_type=True).pack
 
     def ok(self, request_id: int | None, result: Any) -> bytes:
-        return frame(self._pack([request_id, Status.OK, result]))
+        body = self._pack([request_id, _OK, result])
+        return _pack_header(len(body)) + body
 
     def error(self, request_id: int | None, code: int, message: str) -> bytes:
-        return frame(self._pack([request_id, Status.ERR, [int(code), message]]))
+        return frame(self._pack([request_id, _ERR, [int(code), message]]))
 
 
 # --------------------------------------------------------------------------
