@@ -23,6 +23,7 @@ from .locks import LockTable, Waiter
 from .plugins import PluginManager
 
 SERVER_NAME = "msession"
+_MAX_U64 = 2**64 - 1
 EXPIRE_BATCH = 10000
 
 
@@ -165,6 +166,11 @@ class Node:
         # layer has scheduled (a waiter depends on it): run housekeeping sooner.
         self.kick: Callable[[], None] = lambda: None
         self._next_lease_check = math.inf  # lock clock
+        # Limits the quick paths of argument checking compare with (config does not change).
+        self._max_id_len = config.max_id_len
+        self._max_name_len = config.max_name_len
+        self._max_wait_ms = int(config.max_lock_wait * 1000)
+        self._max_lease_ms = int(config.max_lock_lease * 1000)
 
     def execute(self, cmd: int, args: list, now: float) -> Any:
         self.stats["commands"] += 1
@@ -185,9 +191,13 @@ class Node:
     # -- helpers -------------------------------------------------------------
 
     def _sid(self, value: Any) -> bytes:
+        if type(value) is bytes and 0 < len(value) <= self._max_id_len:
+            return value  # the usual case, as _bytes would find it
         return _bytes(value, "session id", self.config.max_id_len, allow_empty=False)
 
     def _name(self, value: Any) -> bytes:
+        if type(value) is bytes and 0 < len(value) <= self._max_name_len:
+            return value
         return _bytes(value, "variable name", self.config.max_name_len, allow_empty=False)
 
     def _classname_data(self, rest: list) -> tuple[bytes, bytes]:
@@ -202,7 +212,8 @@ class Node:
     # -- the contract ------------------------------------------------------------
 
     def ping(self, args, now):
-        _arity(args, 0, 0, "PING")
+        if args:
+            _arity(args, 0, 0, "PING")
         return b"PONG"
 
     def hello(self, args, now):
@@ -260,18 +271,27 @@ class Node:
         return self.store.apply(st.Drop(self._sid(args[0]), self.store.version(now)), now)
 
     def setval(self, args, now):
-        _arity(args, 2, 3, "SETVAL session name value | SETVAL session {name: value, ...}")
+        if not 2 <= len(args) <= 3:
+            _arity(args, 2, 3, "SETVAL session name value | SETVAL session {name: value, ...}")
         sid = self._sid(args[0])
         if len(args) == 3:
             pairs = {self._name(args[1]): _bytes(args[2], "value")}
         elif type(args[1]) is dict:
-            pairs = {self._name(k): _bytes(v, "value") for k, v in args[1].items()}
+            pairs = {}
+            max_name = self._max_name_len
+            for k, v in args[1].items():  # in order, so the first bad pair is the one reported
+                if type(k) is bytes and 0 < len(k) <= max_name and type(v) is bytes:
+                    pairs[k] = v
+                else:
+                    name = self._name(k)  # the name is checked before the value, as ever
+                    pairs[name] = _bytes(v, "value")
         else:
             raise CommandError("BADARG", "SETVAL with two arguments takes a map of name => value")
         return self.store.apply(st.SetVars(sid, self.store.version(now), pairs), now)
 
     def getval(self, args, now):
-        _arity(args, 2, 3, "GETVAL session name [default]")
+        if not 2 <= len(args) <= 3:
+            _arity(args, 2, 3, "GETVAL session name [default]")
         s = self.store.require(self._sid(args[0]), now)
         var = s.vars.get(self._name(args[1]))
         if var is not None:
@@ -279,7 +299,8 @@ class Node:
         return args[2] if len(args) > 2 else None
 
     def getall(self, args, now):
-        _arity(args, 1, 1, "GETALL session")
+        if len(args) != 1:
+            _arity(args, 1, 1, "GETALL session")
         return self.store.require(self._sid(args[0]), now).values()
 
     def find(self, args, now):
@@ -322,11 +343,14 @@ class Node:
         return self.store.apply(st.SetData(sid, self.store.version(now), data), now)
 
     def timeout(self, args, now):
-        _arity(args, 1, 2, "TIMEOUT session [seconds]")
+        if not 1 <= len(args) <= 2:
+            _arity(args, 1, 2, "TIMEOUT session [seconds]")
         sid = self._sid(args[0])
         if len(args) == 1:
             return self.store.require(sid, now).timeout
-        seconds = self._timeout(args[1])
+        seconds = args[1]
+        if type(seconds) is not int or not 1 <= seconds <= self.config.max_timeout:
+            seconds = self._timeout(seconds)
         s = self.store.require(sid, now)  # an access: restarts the inactivity timer
         if s.timeout == seconds:
             return seconds  # the PHP handler sets the same timeout on every read: nothing to change
@@ -370,18 +394,28 @@ class Node:
         return st.random_id(_int(args[0], "num_chars", 1, self.config.max_randstr_len))
 
     def slock(self, args, now):
-        _arity(args, 1, 3, "SLOCK session [wait_ms [lease_ms]]")
+        n = len(args)
+        if not 1 <= n <= 3:
+            _arity(args, 1, 3, "SLOCK session [wait_ms [lease_ms]]")
         sid = self._sid(args[0])
         wait, lease = self.config.lock_wait, self.config.lock_lease
-        if len(args) > 1 and args[1] is not None:
-            wait = _seconds_ms(args[1], "wait_ms", self.config.max_lock_wait)
-        if len(args) > 2 and args[2] is not None:
-            lease = _seconds_ms(args[2], "lease_ms", self.config.max_lock_lease)
+        if n > 1 and (ms := args[1]) is not None:
+            if type(ms) is int and 0 <= ms <= self._max_wait_ms:
+                wait = ms / 1000.0  # as _seconds_ms finds it
+            else:
+                wait = _seconds_ms(ms, "wait_ms", self.config.max_lock_wait)
+        if n > 2 and (ms := args[2]) is not None:
+            if type(ms) is int and 0 <= ms <= self._max_lease_ms:
+                lease = ms / 1000.0
+            else:
+                lease = _seconds_ms(ms, "lease_ms", self.config.max_lock_lease)
         if lease <= 0:
             raise CommandError("BADARG", "lease_ms must be positive")
         self.store.get(sid, now)  # a lock is an access
         mono = self.lock_clock()
-        self.wake(self.locks.expire(mono))  # a lease that ran out frees the lock now
+        granted = self.locks.expire(mono)  # a lease that ran out frees the lock now
+        if granted:
+            self.wake(granted)
         key = self.locks.try_acquire(sid, mono, lease)
         if key:
             return key
@@ -393,10 +427,15 @@ class Node:
         return LockWait(sid, waiter, wait)
 
     def sunlock(self, args, now):
-        _arity(args, 2, 2, "SUNLOCK session key")
+        if len(args) != 2:
+            _arity(args, 2, 2, "SUNLOCK session key")
         sid = self._sid(args[0])
-        key = _int(args[1], "key", 0, 2**64 - 1)
-        self.wake(self.locks.release(sid, key, self.lock_clock()))
+        key = args[1]
+        if type(key) is not int or not 0 <= key <= _MAX_U64:
+            key = _int(key, "key", 0, _MAX_U64)
+        granted = self.locks.release(sid, key, self.lock_clock())
+        if granted:
+            self.wake(granted)
         return key
 
     def plugin(self, args, now):

@@ -171,13 +171,17 @@ class Store:
         s = self._sessions.get(sid)
         if s is None:
             return None
-        if s.atime + s.timeout <= now:
+        atime = s.atime
+        if atime + s.timeout <= now:
             self._remove(s)
             self.expired_total += 1
             self._run(self.hooks.on_expire, s)
             return None
-        if touch:
-            self._touch(s, now)
+        if touch and now > atime:  # _touch(s, now), inlined: this is every request's path
+            s.atime = now
+            second = math.ceil(now + s.timeout)
+            if second != s.bucket:
+                self._rebucket(s, second)
         return s
 
     def require(self, sid: bytes, now: float, touch: bool = True) -> Session:
@@ -390,10 +394,13 @@ class Store:
             s.atime = max(now, s.atime)
             second = math.ceil(s.atime + s.timeout)
             if second != s.bucket:
-                bucket = self._buckets.get(s.bucket)
-                if bucket is not None:
-                    bucket.discard(s.sid)
-                self._place(s, second)
+                self._rebucket(s, second)
+
+    def _rebucket(self, s: Session, second: int) -> None:
+        bucket = self._buckets.get(s.bucket)
+        if bucket is not None:
+            bucket.discard(s.sid)
+        self._place(s, second)
 
     def _place(self, s: Session, second: int) -> None:
         s.bucket = second

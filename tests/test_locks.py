@@ -112,3 +112,39 @@ def test_node_counts_commands_and_errors():
         with pytest.raises(CommandError):
             node.execute(cmd, args, 0.0)  # DUPSESSION, BADARG, UNKNOWN
     assert node.stats == {"commands": 4, "errors": 3}
+
+
+def test_keys_are_53_bit_nonzero_and_unrepeated():
+    t = LockTable()
+    keys = [t.try_acquire(str(i).encode(), 0.0, 30) for i in range(1000)]  # several blocks of drawn keys
+    assert all(0 < k <= MAX_KEY for k in keys) and len(set(keys)) == len(keys)
+    assert max(keys).bit_length() > 48  # drawn over the whole range
+
+
+def test_quick_argument_paths_answer_as_the_full_checks():
+    from node.commands import CommandError, Node
+    from node.config import Config
+
+    node = Node(Config(max_id_len=4, max_name_len=3), clock=lambda: 0.0)
+    node.execute(5, [b"s"], 0.0)
+
+    def err(cmd, args):
+        with pytest.raises(CommandError) as info:
+            node.execute(cmd, args, 0.0)
+        return info.value.name, info.value.message
+
+    # A bad name is reported before a bad value in the same pair, and pairs in order.
+    assert err(3, [b"s", {b"okay": 1.5}]) == ("BADARG", "variable name is longer than 3 bytes")
+    assert err(3, [b"s", {b"a": b"1", b"": None}]) == ("BADARG", "variable name must not be empty")
+    assert err(3, [b"s", {b"a": None, b"": b"1"}]) == ("BADARG", "value must be a string, not nil")
+    assert err(3, [b"toolong", {b"a": b"1"}]) == ("BADARG", "session id is longer than 4 bytes")
+    assert node.execute(3, [b"s", {b"a": b"1", 7: 8}], 0.0) is True  # numbers stand for their decimal form
+    assert node.execute(7, [b"s"], 0.0) == {b"a": b"1", b"7": b"8"}
+    assert err(13, [b"s", 0]) == ("BADARG", "timeout must be between 1 and 31536000, not 0")
+    assert err(13, [b"s", True]) == ("BADARG", "timeout must be an integer, not boolean")
+    assert node.execute(13, [b"s", b"60"], 0.0) == 60
+    assert err(11, [b"s", -1]) == ("BADARG", "wait_ms must be between 0 and 300000, not -1")
+    assert err(11, [b"s", 0, 0]) == ("BADARG", "lease_ms must be positive")
+    key = node.execute(11, [b"s", 0, 1000.0], 0.0)  # a whole float is accepted
+    assert err(12, [b"s", -1]) == ("BADARG", "key must be between 0 and 18446744073709551615, not -1")
+    assert node.execute(12, [b"s", str(key).encode()], 0.0) == key
