@@ -91,18 +91,25 @@ class _Conn:
 
     async def send(self, data: bytes) -> None:
         if self.send_lock is None:
-            if data:  # the usual case first: the whole answer fits in the socket buffer
-                try:
-                    sent = self.sock.send(data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError as exc:
-                    raise ConnectionError(str(exc)) from None
-                if sent < len(data):
-                    await self._send(data, sent)
+            sent = self.send_now(data)
+            if sent < len(data):
+                await self._send(data, sent)
         else:
             async with self.send_lock:
                 await self._send(data)
+
+    def send_now(self, data: bytes) -> int:
+        """One non-blocking send (the usual case: the whole answer fits in the
+        socket buffer); how many bytes went. Only for a connection without
+        ``send_lock``; ``_send(data, sent)`` sends the rest."""
+        if not data:
+            return 0
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise ConnectionError(str(exc)) from None
 
     async def _send(self, data: bytes, start: int = 0) -> None:
         view = memoryview(data)[start:]
@@ -367,7 +374,13 @@ class Server:
             if answered % YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()  # a long pipeline must not starve the others
         if out:
-            await conn.send(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            if conn.send_lock is None:
+                sent = conn.send_now(data)  # conn.send(data) without a coroutine when it all goes at once
+                if sent < len(data):
+                    await conn._send(data, sent)
+            else:
+                await conn.send(data)
         return answered
 
     def _failed(self, rid: Any, cmd: int, exc: Exception) -> bytes:

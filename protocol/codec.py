@@ -53,16 +53,26 @@ class FrameDecoder:
     __slots__ = ("_buf", "_pos", "max_frame")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME):
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""  # bytes: the last block fed, read in place
         self._pos = 0
         self.max_frame = max_frame
 
     def feed(self, data: bytes) -> None:
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
+        buf = self._buf
+        if self._pos == len(buf) and type(data) is bytes:
+            # Nothing buffered (the usual case): read frames from ``data`` itself,
+            # without copying it; bytes are immutable, so nobody changes it.
+            self._buf = data
             self._pos = 0
-        elif self._pos > 65536 and self._pos * 2 > len(self._buf):
-            del self._buf[: self._pos]
+            return
+        if type(buf) is bytes:  # frames were read from a received block: keep its rest
+            self._buf = bytearray(memoryview(buf)[self._pos :])
+            self._pos = 0
+        elif self._pos and self._pos == len(buf):
+            buf.clear()
+            self._pos = 0
+        elif self._pos > 65536 and self._pos * 2 > len(buf):
+            del buf[: self._pos]
             self._pos = 0
         self._buf += data
 
@@ -79,7 +89,9 @@ class FrameDecoder:
         if end > len(buf):
             return None
         self._pos = end
-        if length < 4096:  # small: slicing (two short copies) costs less than a memoryview
+        if type(buf) is bytes or length < 4096:
+            # A slice of bytes is bytes (one copy), and bytes() of it no copy; for
+            # a small frame in the bytearray two short copies beat a memoryview.
             return bytes(buf[pos + HEADER_SIZE : end])
         with memoryview(buf) as view:
             return bytes(view[pos + HEADER_SIZE : end])  # one copy
