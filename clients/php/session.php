@@ -8,6 +8,8 @@
  *     msession.mode = lock          ; or merge (default lock)
  *
  * (or `require '/path/to/clients/php/session.php';` before session_start()).
+ * It loads the Msession\ classes, not the msession_* functions (include
+ * msession.php for those).
  * The node list is read from session.save_path when the session opens
  * (default 127.0.0.1:8086). The settings msession.mode, msession.lock_lease,
  * msession.lock_wait, msession.sid_length, msession.timeout and
@@ -20,7 +22,12 @@
  * src/SessionHandler.php and README.md).
  */
 
-require_once __DIR__ . '/msession.php';
+require_once __DIR__ . '/src/autoload.php';  // the classes only: the msession_* functions are msession.php's
+// What every request uses, loaded directly (cheaper than through the autoloader).
+require_once __DIR__ . '/src/Protocol.php';
+require_once __DIR__ . '/src/Commands.php';
+require_once __DIR__ . '/src/Client.php';
+require_once __DIR__ . '/src/SessionHandler.php';
 
 if (session_status() !== PHP_SESSION_ACTIVE) {
     session_set_save_handler(new Msession\SessionHandler(), true);

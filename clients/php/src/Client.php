@@ -3,6 +3,9 @@ declare(strict_types=1);
 
 namespace Msession;
 
+// Compiled to opcodes (not namespace-resolved calls) when imported.
+use function array_slice, count, in_array, is_array, is_int, is_resource, is_string, strlen;
+
 /**
  * A blocking client for one or more msession nodes.
  *
@@ -88,6 +91,8 @@ final class Client
     /** @var array<string, true> addresses that failed during this client's life: tried last */
     private array $down = [];
     private ?string $routeKey = null;
+    /** microtime() when the current connection last proved healthy (checked, or an exchange completed) */
+    private float $usedAt = 0.0;
     /** @var list<string> target() of each node */
     private array $targets;
     /** @var array<string, list<array{0:string,1:int}>> parseNodes() of node list strings, in this PHP request */
@@ -97,7 +102,11 @@ final class Client
     public function __construct(string|array $nodes = '127.0.0.1:8086', array $options = [])
     {
         $this->nodes = self::parseNodes($nodes);
-        $this->targets = array_map([self::class, 'target'], $this->nodes);
+        $targets = [];
+        foreach ($this->nodes as $node) {
+            $targets[] = self::target($node);
+        }
+        $this->targets = $targets;
         $this->timeout = (float)($options['timeout'] ?? 10.0);
         $this->connectTimeout = (float)($options['connect_timeout'] ?? 2.0);
         $this->maxAnswer = (int)($options['max_answer'] ?? 256 * 1024 * 1024);
@@ -155,7 +164,7 @@ final class Client
         if ($host === '') {
             throw new \InvalidArgumentException("msession: no host in node address '$spec'");
         }
-        if ($port !== '' && !preg_match('/^[0-9]+$/', $port)) {
+        if ($port !== '' && strspn($port, '0123456789') !== strlen($port)) {
             throw new \InvalidArgumentException("msession: bad port in node address '$spec'");
         }
         return [$host, $port === '' ? $defaultPort : (int)$port];
@@ -207,6 +216,7 @@ final class Client
             $this->addr = null;
         }
         $this->buf = '';
+        $this->usedAt = 0.0;
     }
 
     /**
@@ -227,9 +237,19 @@ final class Client
     /** Connects now (to the first node that answers) unless connected. */
     public function connect(): void
     {
-        if ($this->sock === null || $this->addr !== $this->targets[$this->current] || $this->stale()) {
+        if ($this->sock === null || $this->addr !== $this->targets[$this->current] || $this->staleNow()) {
             $this->open();
         }
+    }
+
+    /**
+     * Not fit for a new request (see stale()); the select of that check is
+     * skipped when the connection proved healthy less than a second ago, in
+     * this PHP request: a node closes only connections idle for idle_timeout.
+     */
+    private function staleNow(): bool
+    {
+        return microtime(true) - $this->usedAt < 1.0 ? !$this->reusable() : $this->stale();
     }
 
     /**
@@ -240,7 +260,7 @@ final class Client
      */
     private function attach(string $target, ?string &$error): bool
     {
-        if ($this->sock !== null && $this->addr === $target && !$this->stale()) {
+        if ($this->sock !== null && $this->addr === $target && !$this->staleNow()) {
             return true;
         }
         $this->park();
@@ -311,12 +331,115 @@ final class Client
         return self::result($answer, $convert);
     }
 
+    /**
+     * @internal exchange() in few PHP steps, for the session handler's round
+     * trips (two in every PHP request, where each line of PHP run costs):
+     * when this client does not route and its connection proved healthy
+     * less than a second ago (or the persistent connection an earlier
+     * request left passes the check before reuse), the batch is written and
+     * its answers read here. Anything unusual goes to exchange(): before a
+     * byte is sent (no connection, routing, a large request), or after, with
+     * exchange()'s rules: a batch the node did not run (BUSY or TIMEOUT
+     * before any answer) is sent again; one that may have run (EOF, timeout,
+     * an answer out of order) only if every command is idempotent, else
+     * BADCONN; a connection-level error answer is thrown.
+     * @param list<array{0:int,1:array}> $requests [cmd, args] requests; the
+     *        arguments strings, ints or nulls (SETVAL: its Map too)
+     */
+    public function quick(array $requests): array
+    {
+        if ($this->route) {
+            return $this->exchange($requests);
+        }
+        if ($this->sock === null) {
+            $error = null;
+            if (!$this->persistent || !$this->attach($this->targets[$this->current], $error)) {
+                return $this->exchange($requests);
+            }
+        } elseif ($this->addr !== $this->targets[$this->current] || $this->staleNow()) {
+            return $this->exchange($requests);
+        }
+        $first = $id = $this->nextId;
+        $out = '';
+        foreach ($requests as $r) {
+            if ($r[0] === Protocol::SETVAL) {
+                $out .= Protocol::request($id++, $r[0], $r[1]);
+            } else {
+                $body = msgpack_pack([$id++, $r[0], $r[1]]);  // plain arguments (see @param)
+                $out .= pack('N', strlen($body)) . $body;
+            }
+        }
+        $n = $id - $first;
+        if (strlen($out) > 1028 && strlen($out) > (int)($this->serverInfo['max_frame'] ?? 4194304)) {
+            return $this->exchange($requests);  // a frame may exceed max_frame: roundTrip() checks each
+        }
+        $this->nextId = $id;
+        $sock = $this->sock;
+        $this->inFlight($sock);
+        $started = microtime(true);
+        if (@fwrite($sock, $out) !== strlen($out)) {
+            $this->drop();  // a small batch on an idle connection: nothing went out
+            return $this->exchange($requests);
+        }
+        $timeout = $this->timeout + self::lockWait($requests);
+        $answers = [];
+        $buf = '';
+        $pos = 0;
+        do {
+            $left = $started + $timeout - microtime(true);
+            $r = [$sock];
+            $w = $e = null;
+            if ($left <= 0 || @stream_select($r, $w, $e, (int)$left, (int)(($left - (int)$left) * 1e6)) !== 1) {
+                break;
+            }
+            $chunk = @fread($sock, 262144);
+            if ($chunk === false || $chunk === '') {
+                break;
+            }
+            $buf = $pos > 0 ? substr($buf, $pos) . $chunk : $buf . $chunk;
+            $pos = 0;
+            $len = strlen($buf);
+            while ($len - $pos >= 4 && $len - $pos - 4 >= ($size = unpack('N', $buf, $pos)[1])) {
+                $msg = @msgpack_unpack(substr($buf, $pos + 4, $size));
+                if (!is_array($msg) || count($msg) !== 3 || $msg[0] !== $first + count($answers)) {
+                    break 2;
+                }
+                $answers[] = [$msg[1], $msg[2] instanceof \stdClass ? (array)$msg[2] : $msg[2]];
+                $pos += 4 + $size;
+            }
+        } while (count($answers) < $n);
+        if (count($answers) === $n && $pos === strlen($buf)) {
+            unset(self::$inFlight[(int)$sock]);
+            $this->usedAt = microtime(true);
+            return $this->busyRetried($requests, $answers);
+        }
+        $this->drop();
+        if (isset($msg) && is_array($msg) && ($msg[0] ?? 0) === null && ($msg[1] ?? 1) === 0) {
+            $err = self::error([0, $msg[2]]);  // a connection-level error answer
+            if (!$answers && in_array($err->getErrorName(), ['BUSY', 'TIMEOUT'], true)) {
+                return $this->exchange($requests);  // none of ours ran
+            }
+            throw $err;
+        }
+        if (!self::idempotent($requests)) {
+            throw new MsessionException('BADCONN', 'node failed during a request that may have been applied');
+        }
+        $this->failedOver();  // as exchange() does after a failure: the next node first
+        return $this->exchange($requests);
+    }
+
+    /** @internal The MsessionException of an error answer [0, [code, message]]. */
+    public static function error(array $answer): MsessionException
+    {
+        $err = is_array($answer[1]) ? $answer[1] : [15, 'bad error answer'];
+        return MsessionException::fromCode((int)$err[0], (string)($err[1] ?? ''));
+    }
+
     /** @internal [status, result] => converted result, or throws the error. */
     public static function result(array $answer, ?callable $convert): mixed
     {
         if ($answer[0] !== 1) {
-            $err = is_array($answer[1]) ? $answer[1] : [15, 'bad error answer'];
-            throw MsessionException::fromCode((int)$err[0], (string)($err[1] ?? ''));
+            throw self::error($answer);
         }
         return $convert ? $convert($answer[1]) : $answer[1];
     }
@@ -328,7 +451,16 @@ final class Client
      */
     public function exchange(array $requests): array
     {
-        $answers = $this->send($requests);
+        return $this->busyRetried($requests, $this->send($requests));
+    }
+
+    /** The batch's answers, after sending again the BUSY requests that end it (see the class comment). */
+    private function busyRetried(array $requests, array $answers): array
+    {
+        $last = $answers[count($answers) - 1];
+        if ($last[0] === 1 || !self::isBusy($last)) {
+            return $answers;  // the common case: the batch does not end with BUSY answers
+        }
         for ($delay = 100000; $delay <= 300000; $delay += 200000) {
             // BUSY answers to requests (not a connection's BUSY): they did not run. Send them
             // again if they end the batch, so that what runs still runs in order.
@@ -350,6 +482,29 @@ final class Client
         return $answers;
     }
 
+    /** Every command of the batch may be sent twice (see Protocol::NOT_IDEMPOTENT). */
+    private static function idempotent(array $requests): bool
+    {
+        foreach ($requests as $request) {
+            if (isset(Protocol::NOT_IDEMPOTENT[$request[0]])) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /** Seconds the batch's SLOCKs may wait for their locks, on top of the timeout. */
+    private static function lockWait(array $requests): float
+    {
+        $wait = 0.0;
+        foreach ($requests as $request) {
+            if ($request[0] === Protocol::SLOCK) {
+                $wait = max($wait, isset($request[1][1]) ? $request[1][1] / 1000.0 : 300.0);
+            }
+        }
+        return $wait;
+    }
+
     private static function isBusy(array $answer): bool
     {
         return $answer[0] !== 1 && is_array($answer[1]) && ($answer[1][0] ?? null) === 17;
@@ -358,16 +513,8 @@ final class Client
     /** One exchange of the batch: to the session's owner when routing, else (or if that fails) to the nodes. */
     private function send(array $requests): array
     {
-        $safe = true;
-        $timeout = $this->timeout;
-        $extra = 0.0;
-        foreach ($requests as [$cmd, $args]) {
-            $safe = $safe && !isset(Protocol::NOT_IDEMPOTENT[$cmd]);
-            if ($cmd === Protocol::SLOCK) {
-                $extra = max($extra, isset($args[1]) ? $args[1] / 1000.0 : 300.0);
-            }
-        }
-        $timeout += $extra;
+        $safe = self::idempotent($requests);
+        $timeout = $this->timeout + self::lockWait($requests);
         $owner = $this->route ? $this->ownerOf($requests) : null;
         if ($owner !== null) {
             $error = null;
@@ -544,7 +691,11 @@ final class Client
         }
         $r = [$this->sock];
         $w = $e = null;
-        return @stream_select($r, $w, $e, 0) !== 0;
+        if (@stream_select($r, $w, $e, 0) !== 0) {
+            return true;
+        }
+        $this->usedAt = microtime(true);
+        return false;
     }
 
     /**
@@ -553,31 +704,17 @@ final class Client
      */
     private function roundTrip(array $requests, float $timeout): array
     {
-        $ids = [];
         $out = '';
-        $maxFrame = (int)($this->serverInfo['max_frame'] ?? 4194304);
         foreach ($requests as [$cmd, $args]) {
-            $id = $this->nextId++;
-            $frame = Protocol::request($id, $cmd, $args);
-            if (strlen($frame) - 4 > $maxFrame && !$this->serverInfo) {
-                // A reused persistent connection: ask the node its max_frame (nothing of this batch went out yet).
-                $this->serverInfo = self::result($this->roundTrip([[Protocol::HELLO, [Protocol::VERSION]]], $this->connectTimeout)[0], null);
-                $maxFrame = (int)($this->serverInfo['max_frame'] ?? 4194304);
+            $frame = Protocol::request($this->nextId++, $cmd, $args);
+            if (strlen($frame) > 1028 && strlen($frame) - 4 > (int)($this->serverInfo['max_frame'] ?? 4194304)) {
+                $this->checkSize($frame);  // (no node has a max_frame below 1 KiB)
             }
-            if (strlen($frame) - 4 > $maxFrame) {
-                throw new MsessionException('BADLEN', sprintf('request of %d bytes exceeds the node\'s max_frame of %d', strlen($frame) - 4, $maxFrame));
-            }
-            $ids[$id] = count($ids);
             $out .= $frame;
         }
-        if ($this->persistent) {
-            // Until every answer is in, the socket is unfit for anyone else (see closeAbandoned()).
-            self::$inFlight[(int)$this->sock] = $this->sock;
-            if (!self::$shutdownGuard) {
-                self::$shutdownGuard = true;
-                register_shutdown_function([self::class, 'closeAbandoned']);
-            }
-        }
+        $expected = count($requests);
+        $first = $this->nextId - $expected;  // the batch's ids: $first, $first + 1, ...
+        $this->inFlight($this->sock);
         $answers = [];
         $total = strlen($out);
         $deadline = microtime(true) + $timeout;
@@ -586,7 +723,6 @@ final class Client
         if ($sent === false || ($sent === 0 && feof($this->sock))) {
             throw new NotExecuted(new MsessionException('BADCONN', 'connection closed before the request was sent'));
         }
-        $expected = count($ids);
         while (count($answers) < $expected) {
             $left = $deadline - microtime(true);
             if ($left <= 0) {
@@ -630,9 +766,10 @@ final class Client
                         }
                         throw $err;
                     }
-                    if (isset($ids[$id])) {
+                    $i = is_int($id) ? $id - $first : -1;
+                    if ($i >= 0 && $i < $expected) {
                         // ext-msgpack decodes an empty map as stdClass: maps are arrays here
-                        $answers[$ids[$id]] = [$status, $result instanceof \stdClass ? (array)$result : $result];
+                        $answers[$i] = [$status, $result instanceof \stdClass ? (array)$result : $result];
                     }
                 }
             }
@@ -640,8 +777,34 @@ final class Client
         if ($this->persistent) {
             unset(self::$inFlight[(int)$this->sock]);
         }
+        $this->usedAt = microtime(true);
         ksort($answers);
         return $answers;
+    }
+
+    /** A persistent socket is unfit for anyone else until every answer is in (see closeAbandoned()). */
+    private function inFlight($sock): void
+    {
+        if ($this->persistent) {
+            self::$inFlight[(int)$sock] = $sock;
+            if (!self::$shutdownGuard) {
+                self::$shutdownGuard = true;
+                register_shutdown_function([self::class, 'closeAbandoned']);
+            }
+        }
+    }
+
+    /** BADLEN if $frame exceeds the node's max_frame (asked of a reused persistent connection first). */
+    private function checkSize(string $frame): void
+    {
+        if (!$this->serverInfo) {
+            // A reused persistent connection: ask the node its max_frame (nothing of this batch went out yet).
+            $this->serverInfo = self::result($this->roundTrip([[Protocol::HELLO, [Protocol::VERSION]]], $this->connectTimeout)[0], null);
+        }
+        $maxFrame = (int)($this->serverInfo['max_frame'] ?? 4194304);
+        if (strlen($frame) - 4 > $maxFrame) {
+            throw new MsessionException('BADLEN', sprintf('request of %d bytes exceeds the node\'s max_frame of %d', strlen($frame) - 4, $maxFrame));
+        }
     }
 
     /** Cuts the complete frames out of the read buffer and decodes them. */

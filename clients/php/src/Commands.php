@@ -3,6 +3,9 @@ declare(strict_types=1);
 
 namespace Msession;
 
+// Compiled to opcodes (not namespace-resolved calls) when imported.
+use function count, is_string;
+
 /**
  * The protocol's commands, named after the msession_* functions without the
  * prefix. Client runs each at once; Pipeline queues them for one round trip.

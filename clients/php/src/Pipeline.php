@@ -3,6 +3,9 @@ declare(strict_types=1);
 
 namespace Msession;
 
+// Compiled to opcodes (not namespace-resolved calls) when imported.
+use function count;
+
 /**
  * Queues commands and sends them in one write:
  *     [$n, $all] = $client->pipeline()->inc($s, 'n')->getArray($s)->execute();

@@ -3,6 +3,9 @@ declare(strict_types=1);
 
 namespace Msession;
 
+// Compiled to opcodes (not namespace-resolved calls) when imported.
+use function chr, count, is_bool, is_float, is_int, is_scalar, is_string, strlen;
+
 /**
  * Wire format of protocol/PROTOCOL.md: frames of a 4-byte big-endian length
  * and one MessagePack value; a request is [id, cmd, args], an answer

@@ -3,6 +3,9 @@ declare(strict_types=1);
 
 namespace Msession;
 
+// Compiled to opcodes (not namespace-resolved calls) when imported.
+use function count, is_array, is_string, ord, strlen;
+
 /**
  * A farm's partition -> owner table (ROUTES, PROTOCOL.md 6.5 and 6.6), so a
  * Client can send each session's requests straight to its owner instead of

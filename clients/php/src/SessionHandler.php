@@ -3,6 +3,9 @@ declare(strict_types=1);
 
 namespace Msession;
 
+// Compiled to opcodes (not namespace-resolved calls) when imported.
+use function array_key_exists, chr, count, in_array, is_array, is_bool, strlen;
+
 /**
  * PHP session save handler on msession.
  *
@@ -60,6 +63,13 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
 {
     public const TOMBSTONE = '';
 
+    /** The environment variable of each setting (spelled out: this runs in every PHP request). */
+    private const ENV = [
+        'mode' => 'MSESSION_MODE', 'lock_lease' => 'MSESSION_LOCK_LEASE', 'lock_wait' => 'MSESSION_LOCK_WAIT',
+        'sid_length' => 'MSESSION_SID_LENGTH', 'timeout' => 'MSESSION_TIMEOUT', 'persistent' => 'MSESSION_PERSISTENT',
+        'route' => 'MSESSION_ROUTE',
+    ];
+
     public readonly string $mode;
     public readonly float $lockLease;
     public readonly float $lockWait;
@@ -70,6 +80,8 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     public readonly ?bool $route;
     private ?string $nodes;
     private ?Client $client = null;
+    /** the node list $client was made for */
+    private string $clientNodes = '';
     /** @var array<string, array{0:int, 1:float}> session id => [lock key, time the SLOCK was sent] */
     private array $locks = [];
     /** @var array<string, array<string|int, string>> session id => name => serialized value, as read */
@@ -78,6 +90,9 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     private array $existed = [];
     /** validateId()'s read batch, for read(): [id, lock key, vars, time sent], or [id, the MsessionException] */
     private ?array $prefetched = null;
+    /** SLOCK's wait and lease in milliseconds */
+    private int $waitMs;
+    private int $leaseMs;
 
     public function __construct(array $options = [])
     {
@@ -98,6 +113,22 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         if ($this->lockLease <= 0 || $this->lockWait < 0 || $this->sidLength < 1) {
             throw new \InvalidArgumentException('msession: lock_lease must be > 0, lock_wait >= 0, sid_length >= 1');
         }
+        $this->waitMs = Protocol::ms($this->lockWait);
+        $this->leaseMs = Protocol::ms($this->lockLease);
+    }
+
+    /**
+     * Sends [cmd, args] requests in one round trip (Client::exchange(), no
+     * Pipeline: this is every PHP request's path) and returns each result,
+     * or its MsessionException.
+     */
+    private function run(array $requests): array
+    {
+        $out = [];
+        foreach ($this->client()->quick($requests) as $answer) {
+            $out[] = $answer[0] === 1 ? $answer[1] : Client::error($answer);
+        }
+        return $out;
     }
 
     /** $options[$name], else env MSESSION_<NAME>, else ini/-d msession.<name>, else $default. */
@@ -106,7 +137,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         if (isset($options[$name])) {
             return $options[$name];
         }
-        $env = getenv('MSESSION_' . strtoupper($name));
+        $env = getenv(self::ENV[$name] ?? 'MSESSION_' . strtoupper($name));
         if ($env !== false && $env !== '') {
             return $env;
         }
@@ -125,7 +156,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     public function client(): Client
     {
         if ($this->client === null) {
-            $this->client = $this->newClient($this->nodes ?? '127.0.0.1:8086');
+            $this->client = $this->newClient($this->clientNodes = $this->nodes ?? '127.0.0.1:8086');
         }
         return $this->client;
     }
@@ -140,8 +171,8 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     {
         $nodes = $this->nodes ?? trim($path);
         $nodes = $nodes === '' ? '127.0.0.1:8086' : $nodes;
-        if ($this->client === null || $this->client->nodes !== Client::parseNodes($nodes)) {
-            $this->client = $this->newClient($nodes);
+        if ($this->client === null || $this->clientNodes !== $nodes) {
+            $this->client = $this->newClient($this->clientNodes = $nodes);
         }
         return true;
     }
@@ -170,17 +201,17 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     {
         $sent = microtime(true);
         if ($this->mode === 'lock') {
-            [$key, , $vars] = $this->client()->pipeline()
-                ->lock($id, $this->lockWait, $this->lockLease)
-                ->timeout($id, self::ttl())
-                ->getArray($id)
-                ->execute(false);
+            [$key, , $vars] = $this->run([
+                [Protocol::SLOCK, [$id, $this->waitMs, $this->leaseMs]],
+                [Protocol::TIMEOUT, [$id, self::ttl()]],
+                [Protocol::GETALL, [$id]],
+            ]);
             if ($key instanceof MsessionException) {
                 throw $key;
             }
             return [$key, $vars, $sent];
         }
-        [, $vars] = $this->client()->pipeline()->timeout($id, self::ttl())->getArray($id)->execute(false);
+        [, $vars] = $this->run([[Protocol::TIMEOUT, [$id, self::ttl()]], [Protocol::GETALL, [$id]]]);
         return [null, $vars, $sent];
     }
 
@@ -255,17 +286,17 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
 
     public function destroy(string $id): bool
     {
-        $p = $this->client()->pipeline()->destroy($id);
+        $requests = [[Protocol::DROP, [$id]]];
         if (isset($this->locks[$id])) {
-            $p->unlock($id, $this->locks[$id][0]);
+            $requests[] = [Protocol::SUNLOCK, [$id, $this->locks[$id][0]]];
         }
         unset($this->locks[$id], $this->seen[$id], $this->existed[$id]);
         try {
-            $results = $p->execute(false);
+            $results = $this->run($requests);
         } catch (MsessionException $e) {
             return $this->fail("cannot destroy session '$id': " . $e->getMessage());
         }
-        return $results[0] === true;
+        return !$results[0] instanceof MsessionException;
     }
 
     public function gc(int $max_lifetime): int|false
@@ -326,23 +357,23 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     private function save(string $id, array $changes): bool
     {
         $ttl = self::ttl();
-        $p = $this->client()->pipeline();
+        $requests = [];
         $create = $changes && !($this->existed[$id] ?? true);
         if ($create) {
-            $p->create($id);  // DUPSESSION when a concurrent request created it: fine
+            $requests[] = [Protocol::CREATE, [$id]];  // DUPSESSION when a concurrent request created it: fine
         }
         if ($changes) {
-            $p->setArray($id, $changes);
+            $requests[] = [Protocol::SETVAL, [$id, new Map($changes)]];
         }
-        if ($create || !$p->queued()) {
-            $p->timeout($id, $ttl);  // read() set it on an existing session; a new one gets it here
+        if ($create || !$requests) {
+            $requests[] = [Protocol::TIMEOUT, [$id, $ttl]];  // read() set it on an existing session; a new one gets it here
         }
         $lock = $this->locks[$id] ?? null;
         if ($lock !== null) {
-            $p->unlock($id, $lock[0]);
+            $requests[] = [Protocol::SUNLOCK, [$id, $lock[0]]];
         }
         unset($this->locks[$id]);
-        $results = $p->execute(false);
+        $results = $this->run($requests);
         if ($create) {
             array_shift($results);
         }
@@ -388,11 +419,11 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     {
         [$key] = $this->locks[$id];
         $sent = microtime(true);
-        [, $newKey, $now] = $this->client()->pipeline()
-            ->unlock($id, $key)
-            ->lock($id, $this->lockWait, $this->lockLease)
-            ->getArray($id)
-            ->execute(false);
+        [, $newKey, $now] = $this->run([
+            [Protocol::SUNLOCK, [$id, $key]],
+            [Protocol::SLOCK, [$id, $this->waitMs, $this->leaseMs]],
+            [Protocol::GETALL, [$id]],
+        ]);
         if ($newKey instanceof MsessionException) {
             throw $newKey;
         }
@@ -417,7 +448,12 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     /** The variables without the tombstones of removed keys. */
     private static function live(array $vars): array
     {
-        return array_filter($vars, fn($v) => $v !== self::TOMBSTONE);
+        foreach ($vars as $k => $v) {
+            if ($v === self::TOMBSTONE) {
+                unset($vars[$k]);
+            }
+        }
+        return $vars;
     }
 
     /** name => serialized value (or TOMBSTONE) for every key that differs from $before. */

@@ -1,11 +1,21 @@
 <?php
-// Loads the msession client library (no Composer needed).
-require_once __DIR__ . '/MsessionException.php';
-require_once __DIR__ . '/Protocol.php';
-require_once __DIR__ . '/Commands.php';
-require_once __DIR__ . '/Routes.php';
-require_once __DIR__ . '/Client.php';
-require_once __DIR__ . '/Pipeline.php';
-if (file_exists(__DIR__ . '/SessionHandler.php')) {
-    require_once __DIR__ . '/SessionHandler.php';
-}
+// Loads the msession client library's classes on first use (no Composer
+// needed): a PHP request pays only for the classes it uses (the session
+// handler's requests never load Pipeline, Routes on a single node, ...).
+spl_autoload_register(static function (string $class): void {
+    static $files = [
+        'Msession\\MsessionException' => 'MsessionException.php',
+        'Msession\\Protocol' => 'Protocol.php',
+        'Msession\\Map' => 'Protocol.php',
+        'Msession\\Commands' => 'Commands.php',
+        'Msession\\Routes' => 'Routes.php',
+        'Msession\\Client' => 'Client.php',
+        'Msession\\NotExecuted' => 'Client.php',
+        'Msession\\ConnectionFailed' => 'Client.php',
+        'Msession\\Pipeline' => 'Pipeline.php',
+        'Msession\\SessionHandler' => 'SessionHandler.php',
+    ];
+    if (isset($files[$class])) {
+        require_once __DIR__ . '/' . $files[$class];
+    }
+});
