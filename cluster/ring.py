@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 The hash space is cut into ``PARTITIONS`` (4096) equal partitions, Dynamo's
 "strategy 3": a session id belongs to the partition given by the top 12 bits
-of its 64-bit BLAKE2b hash, so partitions hold the same share of sessions
+of its MD5 digest (read big-endian; a hash every client language has built
+in, not a security measure), so partitions hold the same share of sessions
 and only whole partitions ever move.
 
 Partitions are given to members by *rendezvous hashing with a cap*:
@@ -52,7 +53,7 @@ MAX_MEMBERS = 1 << _INDEX_BITS
 
 def partition_of(sid: bytes) -> int:
     """The partition of a session id (stable across processes and versions)."""
-    return int.from_bytes(hashlib.blake2b(sid, digest_size=8).digest(), "big") >> _SHIFT
+    return int.from_bytes(hashlib.md5(sid, usedforsecurity=False).digest()[:8], "big") >> _SHIFT
 
 
 def _weights(name: str, index: int, partitions: int) -> array:

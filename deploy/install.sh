@@ -53,5 +53,5 @@ fi
 if [ $want_test -eq 1 ]; then
     # The benchmark and its smoke test compare against redis-server. Without
     # root we cannot install it; the smoke test then skips and says why.
-    apt_install redis-server procps php-cli php-msgpack phpunit php-redis php-memcached memcached || echo "install.sh: continuing without redis-server or the PHP packages" >&2
+    apt_install redis-server procps php-cli php-msgpack php-apcu phpunit php-redis php-memcached memcached || echo "install.sh: continuing without redis-server or the PHP packages" >&2
 fi

@@ -91,9 +91,10 @@ def test_partition_of_is_stable_and_uniform():
 
 
 def test_partition_values_are_pinned():
-    # Changing the hash would silently move every session of a running farm.
-    got = [partition_of(s) for s in (b"a", b"abc", b"0123456789abcdef0123456789abcdef")]
-    assert got == [1039, 3467, 3274]
+    # Changing the hash would silently move every session of a running farm, and
+    # misroute every client that routes (PROTOCOL.md gives these vectors).
+    got = [partition_of(s) for s in (b"a", b"abc", b"0123456789abcdef0123456789abcdef", b"")]
+    assert got == [204, 2304, 2129, 3393]
 
 
 def test_sessions_spread_like_partitions():

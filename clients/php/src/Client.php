@@ -334,30 +334,32 @@ final class Client
     /**
      * @internal exchange() in few PHP steps, for the session handler's round
      * trips (two in every PHP request, where each line of PHP run costs):
-     * when this client does not route and its connection proved healthy
-     * less than a second ago (or the persistent connection an earlier
-     * request left passes the check before reuse), the batch is written and
-     * its answers read here. Anything unusual goes to exchange(): before a
-     * byte is sent (no connection, routing, a large request), or after, with
-     * exchange()'s rules: a batch the node did not run (BUSY or TIMEOUT
-     * before any answer) is sent again; one that may have run (EOF, timeout,
-     * an answer out of order) only if every command is idempotent, else
-     * BADCONN; a connection-level error answer is thrown.
+     * the batch goes to its node (the current one, or with routing the
+     * session's owner) on a connection that proved healthy less than a
+     * second ago, or that attach() makes or checks (persistent: the one an
+     * earlier request left), and its answers are read here. Anything
+     * unusual goes to exchange(): before a byte is sent (no table, a batch
+     * for several sessions, a large request, a node that cannot be
+     * reached), or after, with exchange()'s rules: a batch the node did not
+     * run (BUSY or TIMEOUT before any answer) is sent again; one that may
+     * have run (EOF, timeout, an answer out of order) only if every command
+     * is idempotent, and to another node first, else BADCONN; a
+     * connection-level error answer is thrown.
      * @param list<array{0:int,1:array}> $requests [cmd, args] requests; the
      *        arguments strings, ints or nulls (SETVAL: its Map too)
      */
     public function quick(array $requests): array
     {
-        if ($this->route) {
-            return $this->exchange($requests);
+        $target = $this->route ? $this->ownerOf($requests) : $this->targets[$this->current];
+        if ($target === null) {
+            return $this->exchange($requests);  // no table, or a batch for several sessions
         }
-        if ($this->sock === null) {
+        if ($this->sock === null || $this->addr !== $target || $this->staleNow()) {
             $error = null;
-            if (!$this->persistent || !$this->attach($this->targets[$this->current], $error)) {
+            if (!$this->attach($target, $error)) {
+                $this->unreachable($target);
                 return $this->exchange($requests);
             }
-        } elseif ($this->addr !== $this->targets[$this->current] || $this->staleNow()) {
-            return $this->exchange($requests);
         }
         $first = $id = $this->nextId;
         $out = '';
@@ -421,11 +423,22 @@ final class Client
             }
             throw $err;
         }
+        $this->unreachable($target);
         if (!self::idempotent($requests)) {
             throw new MsessionException('BADCONN', 'node failed during a request that may have been applied');
         }
-        $this->failedOver();  // as exchange() does after a failure: the next node first
         return $this->exchange($requests);
+    }
+
+    /** $target failed: exchange() tries it last (routing: the table routes nothing for route_ttl s). */
+    private function unreachable(string $target): void
+    {
+        if ($this->route) {
+            $this->ownerDown($target);
+        } else {
+            $this->down[$target] = true;
+            $this->failedOver();
+        }
     }
 
     /** @internal The MsessionException of an error answer [0, [code, message]]. */
