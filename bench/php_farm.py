@@ -23,7 +23,8 @@ on a farm of three ("msession-farm3": web server i lists the nodes starting
 from node i; the handler routes each session's requests straight to its
 owner, msession.route=1, the default for several nodes; "msession-farm3-noroute":
 msession.route=0, so a request for a session another node owns is forwarded
-node to node); phpredis
+node to node; the one node runs with the default for one node, no routing);
+phpredis
 (``session.save_handler=redis``, ``redis.session.locking_enabled=1``, other
 settings shipped defaults); php-memcached (``session.save_handler=memcached``,
 shipped defaults: locking on). All with session.use_strict_mode=1.
@@ -218,8 +219,9 @@ def handler_ini(handler: str, backend, web: int = 0) -> dict:
         addr = f"127.0.0.1:{backend.port}"
     if handler.startswith("msession"):
         ini.update({"auto_prepend_file": str(ROOT / "clients/php/session.php"), "session.save_path": addr,
-                    "msession.mode": "lock", "msession.persistent": "1",
-                    "msession.route": "0" if handler.endswith("-noroute") else "1"})
+                    "msession.mode": "lock", "msession.persistent": "1"})
+        if handler.endswith("-noroute"):
+            ini["msession.route"] = "0"  # else the default: on with several nodes, off with one
     elif handler == "phpredis":
         ini.update({"session.save_handler": "redis", "session.save_path": f"tcp://{addr}",
                     "redis.session.locking_enabled": "1"})

@@ -118,7 +118,9 @@ final class Client
 
     public function __destruct()
     {
-        $this->close();
+        if ($this->sock !== null || $this->pool) {
+            $this->close();
+        }
     }
 
     /** @return list<array{0:string,1:int}> */
@@ -363,10 +365,14 @@ final class Client
         }
         $first = $id = $this->nextId;
         $out = '';
+        $timeout = $this->timeout;
         foreach ($requests as $r) {
             if ($r[0] === Protocol::SETVAL) {
                 $out .= Protocol::request($id++, $r[0], $r[1]);
             } else {
+                if ($r[0] === Protocol::SLOCK) {
+                    $timeout = max($timeout, $this->timeout + ($r[1][1] ?? 300000) / 1000.0);  // as lockWait()
+                }
                 $body = msgpack_pack([$id++, $r[0], $r[1]]);  // plain arguments (see @param)
                 $out .= pack('N', strlen($body)) . $body;
             }
@@ -383,7 +389,6 @@ final class Client
             $this->drop();  // a small batch on an idle connection: nothing went out
             return $this->exchange($requests);
         }
-        $timeout = $this->timeout + self::lockWait($requests);
         $answers = [];
         $buf = '';
         $pos = 0;
@@ -401,7 +406,14 @@ final class Client
             $buf = $pos > 0 ? substr($buf, $pos) . $chunk : $buf . $chunk;
             $pos = 0;
             $len = strlen($buf);
-            while ($len - $pos >= 4 && $len - $pos - 4 >= ($size = unpack('N', $buf, $pos)[1])) {
+            while ($len - $pos >= 4) {
+                $size = unpack('N', $buf, $pos)[1];
+                if ($len - $pos - 4 < $size) {
+                    if ($size > $this->maxAnswer) {
+                        break 2;  // roundTrip() refuses it too
+                    }
+                    break;
+                }
                 $msg = @msgpack_unpack(substr($buf, $pos + 4, $size));
                 if (!is_array($msg) || count($msg) !== 3 || $msg[0] !== $first + count($answers)) {
                     break 2;

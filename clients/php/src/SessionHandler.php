@@ -180,7 +180,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     public function close(): bool
     {
         $ok = true;
-        foreach ($this->locks as $id => [$key]) {
+        foreach ($this->locks as $id => [$key]) {  // (none after write(): it released the lock)
             try {
                 $this->client()->unlock((string)$id, $key);
             } catch (MsessionException $e) {
