@@ -467,32 +467,45 @@ class Server:
         every other way out the waiter leaves the queue, or hands on a lock
         granted to it meanwhile: a lock is never left to a client that will not
         hear of it.
+
+        The connection's own task waits, in one cancel scope: it reads ahead
+        (as ``_watch_eof`` does) and the grant cancels the scope, whose
+        deadline is the wait's limit. No nursery, no second task, no Event.
         """
-        event = trio.Event()
-        lw.waiter.handle = event.set  # before any await: a grant must not be missed
+        waiter = lw.waiter
+        scope = trio.CancelScope()
+        waiter.handle = scope.cancel  # before any await: a grant must not be missed
         left = delivered = False
         try:
             if flush:
                 await conn.send(flush)  # under the idle deadline: the client must read
-            if not lw.waiter.key:
-
-                async def granted() -> None:
-                    with trio.move_on_after(lw.wait):
-                        await event.wait()
-
-                left, _ = await self._watching(conn, granted)
+            if not waiter.key:
+                conn.scope.deadline = math.inf  # the wait has its own limit
+                scope.deadline = trio.current_time() + lw.wait
+                decoder = conn.decoder
+                max_frame = self.config.max_frame
+                with scope:
+                    while decoder.pending <= max_frame:
+                        data = await conn.recv()
+                        if not data:
+                            conn.eof = left = True
+                            break
+                        decoder.feed(data)
+                    else:
+                        await trio.sleep_forever()  # a frame's worth is buffered: read no further
             if left:
                 return None
-            if not lw.waiter.key:
+            if not waiter.key:
                 raise CommandError("LOCKED", f"session still locked after waiting {lw.wait:g} s")
             delivered = True
-            return lw.waiter.key
+            return waiter.key
         finally:
+            waiter.handle = None
             if not delivered:
-                if lw.waiter.key:
-                    self.node.unlock_abandoned(lw.sid, lw.waiter.key)
+                if waiter.key:
+                    self.node.unlock_abandoned(lw.sid, waiter.key)
                 else:
-                    self.node.locks.cancel(lw.sid, lw.waiter)
+                    self.node.locks.cancel(lw.sid, waiter)
             conn.timer.waited(trio.current_time())
             conn.sync_deadline()
 
