@@ -49,6 +49,7 @@ SLACK = 1.12
 MOVE_MARGIN = 0.03  # the stated bound: a join or leave moves <= 1/N + 3% of sessions
 _INDEX_BITS = 12  # a weight's low bits hold its member's index: ties break the same everywhere
 MAX_MEMBERS = 1 << _INDEX_BITS
+RULES = "md5"  # the placement rules' version, part of the ring id: "md5" = sessions partitioned by MD5
 
 
 def partition_of(sid: bytes) -> int:
@@ -117,8 +118,10 @@ class Ring:
                 member = self.members[i]
                 self.owners[p] = member
                 self._by_member[member].append(p)
-        digest = hashlib.blake2b("\0".join(self.members).encode(), digest_size=4).hexdigest()
-        self.id = digest  # names the view: two nodes with the same id agree on every owner
+        # Names the view and the placement rules: two nodes with the same id agree on
+        # every owner. RULES changes whenever the rules do (the session hash...).
+        digest = hashlib.blake2b("\0".join((RULES, *self.members)).encode(), digest_size=4).hexdigest()
+        self.id = digest
 
     def __len__(self) -> int:
         return len(self.members)

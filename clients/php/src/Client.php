@@ -91,8 +91,6 @@ final class Client
     /** @var array<string, true> addresses that failed during this client's life: tried last */
     private array $down = [];
     private ?string $routeKey = null;
-    /** microtime() when the current connection last proved healthy (checked, or an exchange completed) */
-    private float $usedAt = 0.0;
     /** @var list<string> target() of each node */
     private array $targets;
     /** @var array<string, list<array{0:string,1:int}>> parseNodes() of node list strings, in this PHP request */
@@ -218,7 +216,6 @@ final class Client
             $this->addr = null;
         }
         $this->buf = '';
-        $this->usedAt = 0.0;
     }
 
     /**
@@ -239,19 +236,9 @@ final class Client
     /** Connects now (to the first node that answers) unless connected. */
     public function connect(): void
     {
-        if ($this->sock === null || $this->addr !== $this->targets[$this->current] || $this->staleNow()) {
+        if ($this->sock === null || $this->addr !== $this->targets[$this->current] || $this->stale()) {
             $this->open();
         }
-    }
-
-    /**
-     * Not fit for a new request (see stale()); the select of that check is
-     * skipped when the connection proved healthy less than a second ago, in
-     * this PHP request: a node closes only connections idle for idle_timeout.
-     */
-    private function staleNow(): bool
-    {
-        return microtime(true) - $this->usedAt < 1.0 ? !$this->reusable() : $this->stale();
     }
 
     /**
@@ -262,7 +249,7 @@ final class Client
      */
     private function attach(string $target, ?string &$error): bool
     {
-        if ($this->sock !== null && $this->addr === $target && !$this->staleNow()) {
+        if ($this->sock !== null && $this->addr === $target && !$this->stale()) {
             return true;
         }
         $this->park();
@@ -333,126 +320,6 @@ final class Client
         return self::result($answer, $convert);
     }
 
-    /**
-     * @internal exchange() in few PHP steps, for the session handler's round
-     * trips (two in every PHP request, where each line of PHP run costs):
-     * the batch goes to its node (the current one, or with routing the
-     * session's owner) on a connection that proved healthy less than a
-     * second ago, or that attach() makes or checks (persistent: the one an
-     * earlier request left), and its answers are read here. Anything
-     * unusual goes to exchange(): before a byte is sent (no table, a batch
-     * for several sessions, a large request, a node that cannot be
-     * reached), or after, with exchange()'s rules: a batch the node did not
-     * run (BUSY or TIMEOUT before any answer) is sent again; one that may
-     * have run (EOF, timeout, an answer out of order) only if every command
-     * is idempotent, and to another node first, else BADCONN; a
-     * connection-level error answer is thrown.
-     * @param list<array{0:int,1:array}> $requests [cmd, args] requests; the
-     *        arguments strings, ints or nulls (SETVAL: its Map too)
-     */
-    public function quick(array $requests): array
-    {
-        $target = $this->route ? $this->ownerOf($requests) : $this->targets[$this->current];
-        if ($target === null) {
-            return $this->exchange($requests);  // no table, or a batch for several sessions
-        }
-        if ($this->sock === null || $this->addr !== $target || $this->staleNow()) {
-            $error = null;
-            if (!$this->attach($target, $error)) {
-                $this->unreachable($target);
-                return $this->exchange($requests);
-            }
-        }
-        $first = $id = $this->nextId;
-        $out = '';
-        $timeout = $this->timeout;
-        foreach ($requests as $r) {
-            if ($r[0] === Protocol::SETVAL) {
-                $out .= Protocol::request($id++, $r[0], $r[1]);
-            } else {
-                if ($r[0] === Protocol::SLOCK) {
-                    $timeout = max($timeout, $this->timeout + ($r[1][1] ?? 300000) / 1000.0);  // as lockWait()
-                }
-                $body = msgpack_pack([$id++, $r[0], $r[1]]);  // plain arguments (see @param)
-                $out .= pack('N', strlen($body)) . $body;
-            }
-        }
-        $n = $id - $first;
-        if (strlen($out) > 1028 && strlen($out) > (int)($this->serverInfo['max_frame'] ?? 4194304)) {
-            return $this->exchange($requests);  // a frame may exceed max_frame: roundTrip() checks each
-        }
-        $this->nextId = $id;
-        $sock = $this->sock;
-        $this->inFlight($sock);
-        $started = microtime(true);
-        if (@fwrite($sock, $out) !== strlen($out)) {
-            $this->drop();  // a small batch on an idle connection: nothing went out
-            return $this->exchange($requests);
-        }
-        $answers = [];
-        $buf = '';
-        $pos = 0;
-        do {
-            $left = $started + $timeout - microtime(true);
-            $r = [$sock];
-            $w = $e = null;
-            if ($left <= 0 || @stream_select($r, $w, $e, (int)$left, (int)(($left - (int)$left) * 1e6)) !== 1) {
-                break;
-            }
-            $chunk = @fread($sock, 262144);
-            if ($chunk === false || $chunk === '') {
-                break;
-            }
-            $buf = $pos > 0 ? substr($buf, $pos) . $chunk : $buf . $chunk;
-            $pos = 0;
-            $len = strlen($buf);
-            while ($len - $pos >= 4) {
-                $size = unpack('N', $buf, $pos)[1];
-                if ($len - $pos - 4 < $size) {
-                    if ($size > $this->maxAnswer) {
-                        break 2;  // roundTrip() refuses it too
-                    }
-                    break;
-                }
-                $msg = @msgpack_unpack(substr($buf, $pos + 4, $size));
-                if (!is_array($msg) || count($msg) !== 3 || $msg[0] !== $first + count($answers)) {
-                    break 2;
-                }
-                $answers[] = [$msg[1], $msg[2] instanceof \stdClass ? (array)$msg[2] : $msg[2]];
-                $pos += 4 + $size;
-            }
-        } while (count($answers) < $n);
-        if (count($answers) === $n && $pos === strlen($buf)) {
-            unset(self::$inFlight[(int)$sock]);
-            $this->usedAt = microtime(true);
-            return $this->busyRetried($requests, $answers);
-        }
-        $this->drop();
-        if (isset($msg) && is_array($msg) && ($msg[0] ?? 0) === null && ($msg[1] ?? 1) === 0) {
-            $err = self::error([0, $msg[2]]);  // a connection-level error answer
-            if (!$answers && in_array($err->getErrorName(), ['BUSY', 'TIMEOUT'], true)) {
-                return $this->exchange($requests);  // none of ours ran
-            }
-            throw $err;
-        }
-        $this->unreachable($target);
-        if (!self::idempotent($requests)) {
-            throw new MsessionException('BADCONN', 'node failed during a request that may have been applied');
-        }
-        return $this->exchange($requests);
-    }
-
-    /** $target failed: exchange() tries it last (routing: the table routes nothing for route_ttl s). */
-    private function unreachable(string $target): void
-    {
-        if ($this->route) {
-            $this->ownerDown($target);
-        } else {
-            $this->down[$target] = true;
-            $this->failedOver();
-        }
-    }
-
     /** @internal The MsessionException of an error answer [0, [code, message]]. */
     public static function error(array $answer): MsessionException
     {
@@ -476,7 +343,7 @@ final class Client
      */
     public function exchange(array $requests): array
     {
-        return $this->busyRetried($requests, $this->send($requests));
+        return $requests ? $this->busyRetried($requests, $this->send($requests)) : [];
     }
 
     /** The batch's answers, after sending again the BUSY requests that end it (see the class comment). */
@@ -538,7 +405,6 @@ final class Client
     /** One exchange of the batch: to the session's owner when routing, else (or if that fails) to the nodes. */
     private function send(array $requests): array
     {
-        $safe = self::idempotent($requests);
         $timeout = $this->timeout + self::lockWait($requests);
         $owner = $this->route ? $this->ownerOf($requests) : null;
         if ($owner !== null) {
@@ -551,7 +417,7 @@ final class Client
                 } catch (ConnectionFailed $e) {
                     $this->drop();
                     $this->ownerDown($owner);
-                    self::replayOrFail($e, $safe);  // may have run: the nodes get it only if idempotent
+                    self::replayOrFail($e, $requests);  // may have run: the nodes get it only if idempotent
                 } catch (MsessionException $e) {
                     $this->drop();
                     throw $e;
@@ -560,11 +426,11 @@ final class Client
                 $this->ownerDown($owner);
             }
         }
-        return $this->viaNodes($requests, $timeout, $safe);
+        return $this->viaNodes($requests, $timeout);
     }
 
     /** The batch sent to the nodes of the list, with failover (see the class comment). */
-    private function viaNodes(array $requests, float $timeout, bool $safe): array
+    private function viaNodes(array $requests, float $timeout): array
     {
         $nodesLeft = count($this->nodes);
         $sameNodeRetries = 2;
@@ -584,7 +450,7 @@ final class Client
                 $this->failedOver();
             } catch (ConnectionFailed $e) {
                 $this->drop();
-                self::replayOrFail($e, $safe);
+                self::replayOrFail($e, $requests);
                 if (--$nodesLeft <= 0) {
                     throw new MsessionException('BADCONN', 'request failed on every node: ' . $e->getMessage());
                 }
@@ -647,12 +513,12 @@ final class Client
 
     /**
      * The no-replay rule: a batch that may have run on a connection that
-     * failed is sent again (elsewhere) only if $safe (every command
-     * idempotent); else BADCONN.
+     * failed is sent again (elsewhere) only if every command is idempotent;
+     * else BADCONN.
      */
-    private static function replayOrFail(ConnectionFailed $e, bool $safe): void
+    private static function replayOrFail(ConnectionFailed $e, array $requests): void
     {
-        if (!$safe) {
+        if (!self::idempotent($requests)) {
             throw new MsessionException('BADCONN', 'node failed during a request that may have been applied: ' . $e->getMessage());
         }
     }
@@ -716,11 +582,7 @@ final class Client
         }
         $r = [$this->sock];
         $w = $e = null;
-        if (@stream_select($r, $w, $e, 0) !== 0) {
-            return true;
-        }
-        $this->usedAt = microtime(true);
-        return false;
+        return @stream_select($r, $w, $e, 0) !== 0;
     }
 
     /**
@@ -729,16 +591,17 @@ final class Client
      */
     private function roundTrip(array $requests, float $timeout): array
     {
+        $expected = count($requests);
+        $id = $first = $this->nextId;  // the batch's ids: $first, $first + 1, ... reserved before
+        $this->nextId += $expected;    // checkSize() may send a HELLO with an id of its own
         $out = '';
         foreach ($requests as [$cmd, $args]) {
-            $frame = Protocol::request($this->nextId++, $cmd, $args);
+            $frame = Protocol::request($id++, $cmd, $args);
             if (strlen($frame) > 1028 && strlen($frame) - 4 > (int)($this->serverInfo['max_frame'] ?? 4194304)) {
                 $this->checkSize($frame);  // (no node has a max_frame below 1 KiB)
             }
             $out .= $frame;
         }
-        $expected = count($requests);
-        $first = $this->nextId - $expected;  // the batch's ids: $first, $first + 1, ...
         $this->inFlight($this->sock);
         $answers = [];
         $total = strlen($out);
@@ -802,7 +665,6 @@ final class Client
         if ($this->persistent) {
             unset(self::$inFlight[(int)$this->sock]);
         }
-        $this->usedAt = microtime(true);
         ksort($answers);
         return $answers;
     }

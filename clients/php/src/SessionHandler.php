@@ -119,13 +119,13 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
 
     /**
      * Sends [cmd, args] requests in one round trip (Client::exchange(), no
-     * Pipeline: this is every PHP request's path) and returns each result,
-     * or its MsessionException.
+     * Pipeline objects: this is every PHP request's path) and returns each
+     * result, or its MsessionException.
      */
     private function run(array $requests): array
     {
         $out = [];
-        foreach ($this->client()->quick($requests) as $answer) {
+        foreach ($this->client()->exchange($requests) as $answer) {
             $out[] = $answer[0] === 1 ? $answer[1] : Client::error($answer);
         }
         return $out;

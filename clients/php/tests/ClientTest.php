@@ -160,67 +160,24 @@ final class ClientTest extends TestCase
         }
     }
 
-    public function testQuickAnswersAsExchangeDoes(): void
+    public function testExchangeAnswersEveryRequestInPlace(): void
     {
-        // quick() (the session handler's round trips) reads the answers itself
-        // when the connection just proved healthy: same answers as exchange().
+        // exchange() (the session handler's round trips): [status, result] per request, in order
         $s = msession_test_id();
         $this->c->create($s);
-        $this->c->ping();
-        $sock = (new ReflectionProperty(Client::class, 'sock'))->getValue($this->c);
-        $batch = [
+        $answers = $this->c->exchange([
             [Protocol::SETVAL, [$s, new Map(['a' => '1', 'b' => "\0\xff"])]],
             [Protocol::GETVAL, [$s, 'a']],
             [Protocol::GETVAL, ["nosuch$s", 'a']],
             [Protocol::GETALL, [$s]],
             [Protocol::TIMEOUT, [$s, 77]],
-        ];
-        $quick = $this->c->quick($batch);
-        $this->assertSame($sock, (new ReflectionProperty(Client::class, 'sock'))->getValue($this->c), 'same connection');
-        $this->assertSame($this->c->exchange($batch), $quick);
-        $this->assertSame([1, '1'], $quick[1]);
-        $this->assertSame('NOSESSION', Client::error($quick[2])->getErrorName());
-        $this->assertSame(['a' => '1', 'b' => "\0\xff"], $quick[3][1]);
-        $this->assertSame([1, 77], $quick[4]);
+        ]);
+        $this->assertSame([1, '1'], $answers[1]);
+        $this->assertSame('NOSESSION', Client::error($answers[2])->getErrorName());
+        $this->assertSame(['a' => '1', 'b' => "\0\xff"], $answers[3][1]);
+        $this->assertSame([1, 77], $answers[4]);
+        $this->assertSame([], $this->c->exchange([]), 'an empty batch sends nothing');
         $this->c->destroy($s);
-    }
-
-    public function testQuickNeverSendsAgainWhatMayHaveRun(): void
-    {
-        // The fake node answers HELLO, then closes on the next request without answering.
-        [$proc, $fake] = msession_fake_node(2);
-        try {
-            $s = msession_test_id();
-            $this->c->create($s);
-            $this->c->set($s, 'v', 'x');
-            $c = new Client("$fake," . msession_test_nodes());
-            $c->connect();  // to the fake node: healthy a moment ago (HELLO)
-            $e = $this->expectMsessionError('BADCONN', fn() => $c->quick([[Protocol::SLOCK, [$s, 0, 5000]], [Protocol::GETALL, [$s]]]));
-            $this->assertStringContainsString('may have been applied', $e->getMessage());
-            $key = $this->c->lock($s, 0.0);  // not sent elsewhere: nobody holds the lock
-            $this->c->unlock($s, $key);
-            // An idempotent batch is sent again, to the next node.
-            $c2 = new Client("$fake," . msession_test_nodes());
-            $c2->connect();
-            $this->assertSame([[1, 'x'], [1, ['v' => 'x']]], $c2->quick([[Protocol::GETVAL, [$s, 'v']], [Protocol::GETALL, [$s]]]));
-            $this->assertSame(msession_test_nodes(), $c2->node());
-            $this->c->destroy($s);
-        } finally {
-            msession_fake_stop($proc);
-        }
-    }
-
-    public function testQuickSendsAgainWhatDidNotRun(): void
-    {
-        // The fake node answers HELLO, then one BUSY (with the request's id: it did not run), then PONG.
-        [$proc, $fake] = msession_fake_node(1, 1);
-        try {
-            $c = new Client($fake);
-            $c->connect();
-            $this->assertSame([[1, 'PONG']], $c->quick([[Protocol::PING, []]]));
-        } finally {
-            msession_fake_stop($proc);
-        }
     }
 
     public function testKnowsEveryErrorCodeOfTheProtocol(): void

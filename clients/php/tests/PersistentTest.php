@@ -156,6 +156,28 @@ final class PersistentTest extends TestCase
         $this->assertSame(2, $v2);
     }
 
+    public function testALargeRequestOnAReusedConnectionGetsItsOwnAnswers(): void
+    {
+        // A reused persistent connection does not know the node's max_frame: a
+        // request above the 4 MiB default makes the client ask (HELLO) before
+        // sending the batch; the batch's answers must still be matched to it.
+        $port = msession_dead_port();
+        $nodes = "127.0.0.1:$port";
+        $this->node = msession_test_serve($port, ['MSESSION_MAX_FRAME' => (string)(32 << 20)]);
+        $s = msession_test_id();
+        (new Client($nodes, ['persistent' => true]))->create($s);
+        $c = new Client($nodes, ['persistent' => true, 'timeout' => 5]);
+        $big = str_repeat('x', 5 << 20);
+        $t = microtime(true);
+        [$n, , $v] = $c->pipeline()->inc($s, 'n')->set($s, 'big', $big)->getData($s)->execute();
+        $this->assertLessThan(4.0, microtime(true) - $t, 'answered, not timed out');
+        $this->assertSame(1, $n);
+        $this->assertSame('', $v);
+        $this->assertSame(strlen($big), strlen((string)$c->get($s, 'big')));
+        $this->assertSame('2', (string)$c->inc($s, 'n'), 'the INC ran once');
+        $c->destroy($s);
+    }
+
     public function testAnExchangeCutShortIsNeverReused(): void
     {
         // A request that dies mid-exchange (fatal error, max_execution_time) leaves

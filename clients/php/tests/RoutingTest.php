@@ -3,7 +3,6 @@ declare(strict_types=1);
 
 use Msession\Client;
 use Msession\MsessionException;
-use Msession\Protocol;
 use Msession\Routes;
 use Msession\SessionHandler;
 use PHPUnit\Framework\TestCase;
@@ -177,45 +176,6 @@ final class RoutingTest extends TestCase
             $owned();
             $plain->set($sid, 'v', 'x');
             $this->assertSame('x', (new Client($this->farm, ['route' => true]))->get($sid, 'v'), 'a read goes on to the nodes');
-            $plain->destroy($sid);
-        } finally {
-            msession_fake_stop($proc);
-        }
-    }
-
-    public function testQuickGoesToTheOwnerAndFallsBackAsExchangeDoes(): void
-    {
-        // quick(): the session handler's round trips, straight to the owner
-        [$real] = $this->realAndWrongTables();
-        $c = new Client($this->farm, ['route' => true]);
-        $sid = msession_test_id();
-        $this->assertSame([[1, true], [1, 1]], [$c->quick([[Protocol::CREATE, [$sid]]])[0], $c->quick([[Protocol::INC, [$sid, 'n']]])[0]]);
-        $this->assertSame($real->owner($sid), $c->node(), 'sent to the owner');
-        // an unreachable owner: the nodes serve, and the table is dropped
-        $dead = '127.0.0.1:' . msession_dead_port();
-        $this->forge(new Routes([$dead], str_repeat("\0\0", Routes::PARTITIONS), microtime(true) + 60));
-        $c2 = new Client($this->farm, ['route' => true]);
-        $this->assertSame([[1, 2], [1, ['n' => '2']]], $c2->quick([[Protocol::INC, [$sid, 'n']], [Protocol::GETALL, [$sid]]]));
-        $this->assertSame('', Routes::cached($this->key)->owners, 'the table was dropped: no routing for route_ttl');
-        // an owner failing mid-request: a lock request is not sent again, a read is
-        [$proc, $fake] = msession_fake_node(2);  // answers HELLO, then closes without answering
-        try {
-            foreach ([true, false] as $lock) {
-                $this->forge(new Routes([$fake], str_repeat("\0\0", Routes::PARTITIONS), microtime(true) + 60));
-                $c3 = new Client($this->farm, ['route' => true]);
-                if ($lock) {
-                    try {
-                        $c3->quick([[Protocol::SLOCK, [$sid, 0, 5000]], [Protocol::GETALL, [$sid]]]);
-                        $this->fail('expected BADCONN');
-                    } catch (MsessionException $e) {
-                        $this->assertSame('BADCONN', $e->getErrorName());
-                    }
-                } else {
-                    $this->assertSame([[1, ['n' => '2']]], $c3->quick([[Protocol::GETALL, [$sid]]]), 'a read goes on to the nodes');
-                }
-            }
-            $plain = new Client($this->farm);
-            $plain->unlock($sid, $plain->lock($sid, 0.0));  // nobody holds the lock: SLOCK was not sent again
             $plain->destroy($sid);
         } finally {
             msession_fake_stop($proc);
