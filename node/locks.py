@@ -37,12 +37,16 @@ class Waiter:
 
 
 class _Lock:
-    __slots__ = ("key", "deadline", "waiters")
+    __slots__ = ("key", "deadline", "waiters", "entry")
 
     def __init__(self, key: int, deadline: float):
         self.key = key
         self.deadline = deadline
         self.waiters: deque[Waiter] = deque()
+        # This lock's live entry in the lease heap (None while it has none):
+        # its deadline is never later than ``deadline``. Other entries naming
+        # the same sid are stale and skipped.
+        self.entry: tuple[float, bytes, int] | None = None
 
 
 _KEY_BLOCK = 64  # keys drawn per os.urandom call (one getrandom system call)
@@ -85,8 +89,9 @@ class LockTable:
         if lock is not None:
             return 0
         key = _new_key()
-        self._locks[sid] = _Lock(key, now + lease)
-        heapq.heappush(self._leases, (now + lease, sid, key))
+        self._locks[sid] = lock = _Lock(key, now + lease)
+        lock.entry = entry = (now + lease, sid, key)
+        heapq.heappush(self._leases, entry)
         return key
 
     def enqueue(self, sid: bytes, waiter: Waiter) -> None:
@@ -115,23 +120,48 @@ class LockTable:
     def expire(self, now: float) -> list[Waiter]:
         """Ends every lease that has run out; returns the waiters granted."""
         granted: list[Waiter] = []
-        while self._leases and self._leases[0][0] <= now:
-            deadline, sid, key = heapq.heappop(self._leases)
+        leases = self._leases
+        while leases and leases[0][0] <= now:
+            entry = heapq.heappop(leases)
+            sid = entry[1]
             lock = self._locks.get(sid)
-            if lock is not None and lock.key == key and lock.deadline == deadline:
+            if lock is None or lock.entry is not entry:
+                continue  # stale: that lock was released, or has a nearer entry
+            lock.entry = None
+            if lock.deadline <= now:
                 self.lease_expiries += 1
                 granted += self._pass_on(sid, lock, now)
+            else:  # the lease was passed on (and so extended) since this entry
+                lock.entry = entry = (lock.deadline, sid, lock.key)
+                heapq.heappush(leases, entry)
         return granted
 
     def next_deadline(self) -> float | None:
+        """No later than the first lease to end (maybe earlier: entries are lazy)."""
         return self._leases[0][0] if self._leases else None
 
     def _pass_on(self, sid: bytes, lock: _Lock, now: float) -> list[Waiter]:
+        """Ends the current holder's lease: the next waiter gets the lock, or it is freed.
+
+        A lock keeps one lease-heap entry while it is passed on: a later
+        deadline needs no new one (``expire`` pushes it again when the old
+        one comes up), only a nearer one does. The heap's last element, if it
+        is this lock's entry (often so: leases mostly end in the order they
+        began), is removed at once; other stale entries wait for their time.
+        """
+        leases = self._leases
+        entry = lock.entry
         if not lock.waiters:
             del self._locks[sid]
+            if entry is not None and leases[-1] is entry:
+                leases.pop()  # the last element: the heap stays a heap
             return []
         waiter = lock.waiters.popleft()
         waiter.key = lock.key = _new_key()
-        lock.deadline = now + waiter.lease
-        heapq.heappush(self._leases, (lock.deadline, sid, lock.key))
+        lock.deadline = deadline = now + waiter.lease
+        if entry is None or deadline < entry[0]:
+            if entry is not None and leases[-1] is entry:
+                leases.pop()
+            lock.entry = entry = (deadline, sid, lock.key)
+            heapq.heappush(leases, entry)
         return [waiter]

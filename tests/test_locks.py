@@ -148,3 +148,98 @@ def test_quick_argument_paths_answer_as_the_full_checks():
     key = node.execute(11, [b"s", 0, 1000.0], 0.0)  # a whole float is accepted
     assert err(12, [b"s", -1]) == ("BADARG", "key must be between 0 and 18446744073709551615, not -1")
     assert node.execute(12, [b"s", str(key).encode()], 0.0) == key
+
+
+def test_lease_heap_does_not_grow_with_lock_unlock_cycles():
+    """SLOCK/SUNLOCK pairs, alone or with waiters queued, leave no stale lease
+    entries behind (they used to pile up until their lease ended)."""
+    t = LockTable()
+    for i in range(1000):
+        key = t.try_acquire(b"s", float(i), 30)
+        t.release(b"s", key, i + 0.5)
+    assert len(t._leases) == 0 and len(t) == 0
+    key = t.try_acquire(b"s", 0.0, 30)
+    for i in range(1000):
+        w = Waiter(30)
+        t.enqueue(b"s", w)
+        (granted,) = t.release(b"s", key, float(i))
+        key = granted.key
+    assert len(t._leases) == 1
+
+
+def test_a_lease_extended_by_passing_on_ends_at_its_own_deadline():
+    t = LockTable()
+    key = t.try_acquire(b"s", 0.0, 10)
+    w1, w2 = Waiter(10), Waiter(3)
+    t.enqueue(b"s", w1)
+    t.enqueue(b"s", w2)
+    assert t.release(b"s", key, 5.0) == [w1]  # w1's lease ends at 15
+    assert t.next_deadline() <= 15.0
+    assert t.expire(10.0) == [] and t.holder(b"s") == w1.key  # the first lease's deadline: not w1's
+    assert t.next_deadline() == 15.0
+    assert t.expire(14.9) == [] and t.holder(b"s") == w1.key
+    assert t.expire(15.0) == [w2] and t.lease_expiries == 1
+    assert t.next_deadline() == 18.0  # a shorter lease than the entry's: its own entry
+    assert t.expire(18.0) == [] and t.holder(b"s") == 0 and t.lease_expiries == 2
+
+
+def test_lock_table_matches_a_plain_model():
+    """Random acquire/enqueue/cancel/release/expire on a few sids, against a
+    model that scans every lock for ended leases."""
+    import random
+
+    rnd = random.Random(1)
+    for _ in range(200):
+        t = LockTable()
+        model: dict[bytes, list] = {}  # sid -> [key, deadline, [waiters]]
+        now = 0.0
+        for _ in range(200):
+            now += rnd.choice((0.0, 0.5, 1.0, 3.0))
+            expected = {}  # id(waiter) -> sid, granted by the model's expiry
+            for s in list(model):
+                m = model[s]
+                if m[1] <= now:
+                    if m[2]:
+                        w = m[2].pop(0)
+                        expected[id(w)] = s
+                        m[1] = now + w.lease
+                    else:
+                        del model[s]
+            got = t.expire(now)
+            assert sorted(map(id, got)) == sorted(expected)
+            for w in got:
+                s = expected[id(w)]
+                assert w.key and t.holder(s) == w.key
+                model[s][0] = w.key
+            assert {s: m[0] for s, m in model.items()} == {s: t.holder(s) for s in t._locks}
+            nd = t.next_deadline()
+            if model:
+                assert nd is not None and nd <= min(m[1] for m in model.values())
+            sid = rnd.choice((b"a", b"b", b"c"))
+            op = rnd.random()
+            if op < 0.3:
+                lease = rnd.choice((1.0, 2.0, 5.0))
+                key = t.try_acquire(sid, now, lease)
+                if sid in model:
+                    assert key == 0
+                else:
+                    assert key
+                    model[sid] = [key, now + lease, []]
+            elif op < 0.55 and sid in model:
+                w = Waiter(rnd.choice((1.0, 2.0, 5.0)))
+                t.enqueue(sid, w)
+                model[sid][2].append(w)
+            elif op < 0.65 and sid in model and model[sid][2]:
+                w = rnd.choice(model[sid][2])
+                t.cancel(sid, w)
+                model[sid][2].remove(w)
+            elif op < 0.9 and sid in model:
+                m = model[sid]
+                granted = t.release(sid, m[0], now)
+                if m[2]:
+                    w = m[2].pop(0)
+                    assert granted == [w] and w.key == t.holder(sid)
+                    m[0], m[1] = w.key, now + w.lease
+                else:
+                    assert granted == [] and t.holder(sid) == 0
+                    del model[sid]
