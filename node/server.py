@@ -480,8 +480,9 @@ class Server:
             if flush:
                 await conn.send(flush)  # under the idle deadline: the client must read
             if not waiter.key:
-                conn.scope.deadline = math.inf  # the wait has its own limit
-                scope.deadline = trio.current_time() + lw.wait
+                scope.deadline = end = trio.current_time() + lw.wait
+                if conn.scope.deadline < end:
+                    conn.scope.deadline = math.inf  # the wait has its own limit
                 decoder = conn.decoder
                 max_frame = self.config.max_frame
                 with scope:
@@ -506,8 +507,15 @@ class Server:
                     self.node.unlock_abandoned(lw.sid, waiter.key)
                 else:
                     self.node.locks.cancel(lw.sid, waiter)
-            conn.timer.waited(trio.current_time())
-            conn.sync_deadline()
+            # The idle clock starts again, as timer.waited() has it; a
+            # deadline still an idle_timeout or more away (the usual case)
+            # already gives the client that, and is left alone (as
+            # timer.received() leaves it).
+            timer = conn.timer
+            now = trio.current_time()
+            if timer.deadline < now + timer.idle_timeout or conn.scope.deadline != timer.deadline:
+                timer.waited(now)
+                conn.sync_deadline()
 
     def _bad(self, conn: _Conn, message: str) -> None:
         self.counters.bad_frames += 1
