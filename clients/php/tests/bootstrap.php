@@ -36,7 +36,7 @@ function msession_fake_node(int $connections, ?int $busy = null): array
     }
     $proc = proc_open($args, [], $pipes);
     try {
-        $deadline = microtime(true) + 10;
+        $deadline = microtime(true) + 30;  // bounded; generous for a loaded machine
         while (!is_file($portFile) || filesize($portFile) === 0) {
             if (microtime(true) > $deadline) {
                 msession_fake_stop($proc);
