@@ -50,8 +50,10 @@ class _Lock:
 
 
 _KEY_BLOCK = 64  # keys drawn per os.urandom call (one getrandom system call)
+_COMPACT_SLACK = 64  # the lease heap is rebuilt when it holds more than 2 x locks + this
 _unpack_keys = struct.Struct(f">{_KEY_BLOCK}Q").unpack
 _spare_keys: list[int] = []
+os.register_at_fork(after_in_child=_spare_keys.clear)  # a forked child must not reuse our keys
 
 
 def _new_key() -> int:
@@ -136,6 +138,13 @@ class LockTable:
                 heapq.heappush(leases, entry)
         return granted
 
+    def _compact(self) -> None:
+        """Rebuilds the lease heap from the live locks' entries only, in place
+        (``expire`` may be walking it: it pops and pushes the same list)."""
+        leases = self._leases
+        leases[:] = [lock.entry for lock in self._locks.values() if lock.entry is not None]
+        heapq.heapify(leases)
+
     def next_deadline(self) -> float | None:
         """No later than the first lease to end (maybe earlier: entries are lazy)."""
         return self._leases[0][0] if self._leases else None
@@ -155,6 +164,8 @@ class LockTable:
             del self._locks[sid]
             if entry is not None and leases[-1] is entry:
                 leases.pop()  # the last element: the heap stays a heap
+            elif len(leases) > 2 * len(self._locks) + _COMPACT_SLACK:
+                self._compact()  # stale entries of locks freed out of order: amortised O(1)
             return []
         waiter = lock.waiters.popleft()
         waiter.key = lock.key = _new_key()

@@ -480,9 +480,12 @@ class Server:
             if flush:
                 await conn.send(flush)  # under the idle deadline: the client must read
             if not waiter.key:
-                scope.deadline = end = trio.current_time() + lw.wait
-                if conn.scope.deadline < end:
-                    conn.scope.deadline = math.inf  # the wait has its own limit
+                scope.deadline = trio.current_time() + lw.wait
+                # The wait has its own limit. The idle deadline is lifted even when it
+                # falls after the wait's end: were the loop to stall past both, trio
+                # would cancel both scopes at once and the client would get the idle
+                # TIMEOUT instead of LOCKED (test_a_stalled_loop_...).
+                conn.scope.deadline = math.inf
                 decoder = conn.decoder
                 max_frame = self.config.max_frame
                 with scope:
@@ -508,9 +511,9 @@ class Server:
                 else:
                     self.node.locks.cancel(lw.sid, waiter)
             # The idle clock starts again, as timer.waited() has it; a
-            # deadline still an idle_timeout or more away (the usual case)
-            # already gives the client that, and is left alone (as
-            # timer.received() leaves it).
+            # deadline still an idle_timeout or more away (a lock granted
+            # without waiting) already gives the client that, and is left
+            # alone (as timer.received() leaves it).
             timer = conn.timer
             now = trio.current_time()
             if timer.deadline < now + timer.idle_timeout or conn.scope.deadline != timer.deadline:

@@ -1,3 +1,4 @@
+import node.locks
 import pytest
 
 from node.locks import MAX_KEY, LockTable, Waiter
@@ -243,3 +244,36 @@ def test_lock_table_matches_a_plain_model():
                 else:
                     assert granted == [] and t.holder(sid) == 0
                     del model[sid]
+
+
+def test_locks_freed_out_of_order_leave_a_bounded_heap():
+    # Two sessions locked and unlocked alternately (lock a, lock b, unlock a,
+    # unlock b): a's entry is never the heap's last when it is freed.
+    t = LockTable()
+    for i in range(10_000):
+        ka = t.try_acquire(b"a", float(i), 30)
+        kb = t.try_acquire(b"b", float(i), 30)
+        assert t.release(b"a", ka, float(i)) == []
+        assert t.release(b"b", kb, float(i)) == []
+    assert len(t._leases) <= 64 + 2
+    key = t.try_acquire(b"a", 1e6, 30)  # and leases still end on time
+    assert t.expire(1e6 + 29.9) == [] and t.holder(b"a") == key
+    t.expire(1e6 + 30)
+    assert t.holder(b"a") == 0
+
+
+def test_a_compaction_during_expire_loses_no_lease(monkeypatch):
+    # expire() frees Y (no waiter) and then meets Z's entry, whose lease was
+    # passed on and extended: it pushes Z's entry again. A compaction of the
+    # heap triggered by freeing Y must not make that push go to a dropped list.
+    monkeypatch.setattr(node.locks, "_COMPACT_SLACK", -(10**9))  # compact on every free
+    t = LockTable()
+    t.try_acquire(b"Y", 0.0, 9)
+    kz = t.try_acquire(b"Z", 0.0, 10)
+    w = Waiter(100)
+    t.enqueue(b"Z", w)
+    assert t.release(b"Z", kz, 5.0) == [w]  # W holds Z until 105; Z's entry still says 10
+    t.expire(50.0)  # Y's lease ends (compaction), Z's entry comes up and is pushed again
+    assert t.holder(b"Y") == 0 and t.holder(b"Z") == w.key
+    t.expire(105.0)
+    assert t.holder(b"Z") == 0, "W's lease ended"

@@ -83,3 +83,26 @@ async def test_slow_reader_of_a_complete_frame_gets_the_whole_answer(nursery):
         await trio.sleep(1.5)  # read nothing for three frame timeouts (the case under test)
         (answer,) = await read_answers(stream, 1)
         assert answer.ok and len(answer.value) == 3_500_000
+
+
+async def test_a_stalled_loop_past_a_lock_wait_still_answers_locked(nursery, mock_clock):
+    """The idle deadline falls after a waiting SLOCK's end, and the event loop
+    stalls past both (a GC pause, a busy node): the wait's own limit must
+    answer (LOCKED), not the idle timeout, and the connection goes on."""
+    server = await start_server(nursery, idle_timeout=8)
+    addr = server.ports[0]
+    async with AsyncClient(*addr) as a:
+        await a.lock("s")
+        async with await trio.open_tcp_stream(*addr) as stream:
+            await stream.send_all(encode_request(1, Cmd.SLOCK, [b"s", 7990]))  # ends before the idle deadline
+            for _ in range(100_000):  # the mock clock stands still: checkpoints until the SLOCK waits
+                if server.node.locks._locks[b"s"].waiters:
+                    break
+                await trio.sleep(0)
+            assert server.node.locks._locks[b"s"].waiters
+            mock_clock.jump(20)  # past the wait's end and the idle deadline at once
+            (answer,) = await read_answers(stream, 1)
+            assert not answer.ok and answer.code == 5, answer  # LOCKED
+            await stream.send_all(encode_request(2, Cmd.PING, []))
+            (pong,) = await read_answers(stream, 1)
+            assert pong.ok and pong.value == b"PONG"
