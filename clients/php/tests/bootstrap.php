@@ -43,6 +43,7 @@ function msession_fake_node(int $connections, ?int $busy = null): array
                 throw new RuntimeException('fake node did not start');
             }
             usleep(10000);
+            clearstatcache(true, $portFile);  // else filesize() keeps answering the 0 it saw first
         }
         return [$proc, '127.0.0.1:' . file_get_contents($portFile)];
     } finally {
