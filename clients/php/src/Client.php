@@ -602,30 +602,31 @@ final class Client
             }
             $out .= $frame;
         }
-        $this->inFlight($this->sock);
+        $sock = $this->sock;
+        $this->inFlight($sock);
         $answers = [];
         $total = strlen($out);
         $deadline = microtime(true) + $timeout;
         // The batch usually fits the socket's send buffer: write it at once, no select first.
-        $sent = @fwrite($this->sock, $out);
-        if ($sent === false || ($sent === 0 && feof($this->sock))) {
+        $sent = @fwrite($sock, $out);
+        if ($sent === false || ($sent === 0 && feof($sock))) {
             throw new NotExecuted(new MsessionException('BADCONN', 'connection closed before the request was sent'));
         }
+        $buf = $this->buf;  // (callers drop the connection, and so the buffer, on any exception)
         while (count($answers) < $expected) {
             $left = $deadline - microtime(true);
             if ($left <= 0) {
                 throw new ConnectionFailed(sprintf('no answer within %g s', $timeout));
             }
-            $r = [$this->sock];
-            $w = $sent < $total ? [$this->sock] : null;
+            $r = [$sock];
+            $w = $sent < $total ? [$sock] : null;
             $e = null;
-            $n = @stream_select($r, $w, $e, (int)$left, (int)(($left - (int)$left) * 1e6));
-            if ($n === false) {
+            if (@stream_select($r, $w, $e, (int)$left, (int)(($left - (int)$left) * 1e6)) === false) {
                 throw new ConnectionFailed('select failed');
             }
             if ($w) {
-                $k = @fwrite($this->sock, $sent === 0 ? $out : substr($out, $sent));
-                if ($k === false || ($k === 0 && feof($this->sock))) {
+                $k = @fwrite($sock, $sent === 0 ? $out : substr($out, $sent));
+                if ($k === false || ($k === 0 && feof($sock))) {
                     if ($sent === 0) {
                         throw new NotExecuted(new MsessionException('BADCONN', 'connection closed before the request was sent'));
                     }
@@ -633,37 +634,55 @@ final class Client
                 }
                 $sent += $k;
             }
-            if ($r) {
-                $chunk = @fread($this->sock, 262144);
-                if ($chunk === false || ($chunk === '' && feof($this->sock))) {
-                    throw new ConnectionFailed('connection closed by the node');
+            if (!$r) {
+                continue;
+            }
+            $chunk = @fread($sock, 262144);
+            if ($chunk === false || ($chunk === '' && feof($sock))) {
+                throw new ConnectionFailed('connection closed by the node');
+            }
+            // Every complete frame in the buffer: [id, status, result].
+            $buf .= $chunk;
+            $pos = 0;
+            $len = strlen($buf);
+            while ($len - $pos >= 4) {
+                $size = unpack('N', $buf, $pos)[1];
+                if ($size > $this->maxAnswer) {
+                    throw new ConnectionFailed("answer of $size bytes exceeds max_answer");
                 }
-                $this->buf .= $chunk;
-                foreach ($this->frames() as $msg) {
-                    if (!is_array($msg) || count($msg) !== 3) {
-                        throw new ConnectionFailed('malformed answer');
-                    }
-                    [$id, $status, $result] = $msg;
-                    if ($id === null && $status === 0) {
-                        $err = MsessionException::fromCode((int)($result[0] ?? 15), (string)($result[1] ?? ''));
-                        if ($err->getErrorName() === 'BADHDR') {
-                            continue;  // the connection goes on
-                        }
-                        if (!$answers && in_array($err->getErrorName(), ['BUSY', 'TIMEOUT'], true)) {
-                            throw new NotExecuted($err);  // answers come in order: none of ours ran
-                        }
-                        throw $err;
-                    }
-                    $i = is_int($id) ? $id - $first : -1;
+                if ($len - $pos - 4 < $size) {
+                    break;
+                }
+                $msg = @msgpack_unpack(substr($buf, $pos + 4, $size));
+                $pos += 4 + $size;
+                if (!is_array($msg) || count($msg) !== 3) {
+                    throw new ConnectionFailed('malformed answer');
+                }
+                [$mid, $status, $result] = $msg;
+                if (is_int($mid)) {
+                    $i = $mid - $first;
                     if ($i >= 0 && $i < $expected) {
                         // ext-msgpack decodes an empty map as stdClass: maps are arrays here
                         $answers[$i] = [$status, $result instanceof \stdClass ? (array)$result : $result];
                     }
+                } elseif ($mid === null && $status === 0) {
+                    $err = MsessionException::fromCode((int)($result[0] ?? 15), (string)($result[1] ?? ''));
+                    if ($err->getErrorName() === 'BADHDR') {
+                        continue;  // the connection goes on
+                    }
+                    if (!$answers && in_array($err->getErrorName(), ['BUSY', 'TIMEOUT'], true)) {
+                        throw new NotExecuted($err);  // answers come in order: none of ours ran
+                    }
+                    throw $err;
                 }
             }
+            if ($pos > 0) {
+                $buf = (string)substr($buf, $pos);
+            }
         }
+        $this->buf = $buf;  // a frame beyond our answers (there should be none) makes it unfit for reuse
         if ($this->persistent) {
-            unset(self::$inFlight[(int)$this->sock]);
+            unset(self::$inFlight[(int)$sock]);
         }
         ksort($answers);
         return $answers;
@@ -692,34 +711,6 @@ final class Client
         if (strlen($frame) - 4 > $maxFrame) {
             throw new MsessionException('BADLEN', sprintf('request of %d bytes exceeds the node\'s max_frame of %d', strlen($frame) - 4, $maxFrame));
         }
-    }
-
-    /** Cuts the complete frames out of the read buffer and decodes them. */
-    private function frames(): array
-    {
-        $msgs = [];
-        $pos = 0;
-        $len = strlen($this->buf);
-        while ($len - $pos >= 4) {
-            $size = unpack('N', $this->buf, $pos)[1];
-            if ($size > $this->maxAnswer) {
-                throw new ConnectionFailed("answer of $size bytes exceeds max_answer");
-            }
-            if ($len - $pos - 4 < $size) {
-                break;
-            }
-            $body = substr($this->buf, $pos + 4, $size);
-            $pos += 4 + $size;
-            $msg = @msgpack_unpack($body);
-            if ($msg === null && $body !== "\xc0") {
-                throw new ConnectionFailed('undecodable answer');
-            }
-            $msgs[] = $msg;
-        }
-        if ($pos > 0) {
-            $this->buf = (string)substr($this->buf, $pos);
-        }
-        return $msgs;
     }
 }
 
