@@ -244,6 +244,25 @@ def test_lock_table_matches_a_plain_model():
                 else:
                     assert granted == [] and t.holder(sid) == 0
                     del model[sid]
+            elif op < 0.95 and sid in model:
+                with pytest.raises(StoreError):  # a wrong key changes nothing
+                    t.release(sid, model[sid][0] ^ 1, now)
+            for s, m in model.items():  # every live lock has its entry, never later than its lease
+                lock = t._locks[s]
+                assert lock.entry is not None and lock.entry in t._leases and lock.entry[0] <= m[1]
+        # Drain: every lease ends, and each waiter's lease ends after its grant (none is lost).
+        for _ in range(1000):  # bounded: each round ends at least one lease
+            if not model:
+                break
+            now = min(m[1] for m in model.values())
+            for w in t.expire(now):
+                s = next(s for s, m in model.items() if m[2] and m[2][0] is w)
+                model[s][2].pop(0)
+                model[s][0], model[s][1] = w.key, now + w.lease
+            for s in [s for s, m in model.items() if m[1] <= now and not m[2]]:
+                del model[s]
+            assert {s: m[0] for s, m in model.items()} == {s: t.holder(s) for s in t._locks}
+        assert len(t) == 0
 
 
 def test_locks_freed_out_of_order_leave_a_bounded_heap():
@@ -277,3 +296,4 @@ def test_a_compaction_during_expire_loses_no_lease(monkeypatch):
     assert t.holder(b"Y") == 0 and t.holder(b"Z") == w.key
     t.expire(105.0)
     assert t.holder(b"Z") == 0, "W's lease ended"
+
