@@ -5,6 +5,17 @@ from node.locks import MAX_KEY, LockTable, Waiter
 from node.store import StoreError
 
 
+def held(lease: float, *waiter_leases: float) -> tuple[LockTable, int, list[Waiter]]:
+    """A table where b"s" is locked at time 0 for ``lease`` seconds, with one
+    queued waiter per given lease: (table, holder's key, waiters in order)."""
+    t = LockTable()
+    key = t.try_acquire(b"s", 0.0, lease)
+    waiters = [Waiter(w) for w in waiter_leases]
+    for w in waiters:
+        t.enqueue(b"s", w)
+    return t, key, waiters
+
+
 def test_free_lock_is_granted_with_a_nonzero_key():
     t = LockTable()
     key = t.try_acquire(b"s", 0.0, 30)
@@ -14,11 +25,7 @@ def test_free_lock_is_granted_with_a_nonzero_key():
 
 
 def test_waiters_are_granted_in_fifo_order():
-    t = LockTable()
-    key = t.try_acquire(b"s", 0.0, 30)
-    waiters = [Waiter(30) for _ in range(3)]
-    for w in waiters:
-        t.enqueue(b"s", w)
+    t, key, waiters = held(30, 30, 30, 30)
     granted = t.release(b"s", key, 1.0)
     assert granted == [waiters[0]] and waiters[0].key and not waiters[1].key
     assert t.holder(b"s") == waiters[0].key
@@ -44,10 +51,7 @@ def test_unlocking_a_free_lock_is_nowlock():
 
 
 def test_lease_runs_out_and_passes_the_lock_on():
-    t = LockTable()
-    key = t.try_acquire(b"s", 0.0, 5)
-    w = Waiter(7)
-    t.enqueue(b"s", w)
+    t, key, (w,) = held(5, 7)
     assert t.expire(4.9) == []
     assert t.holder(b"s") == key
     assert t.expire(5.0) == [w]
@@ -70,11 +74,7 @@ def test_a_released_and_retaken_lock_is_not_expired_by_the_old_lease():
 
 
 def test_cancelled_waiter_is_skipped():
-    t = LockTable()
-    key = t.try_acquire(b"s", 0.0, 30)
-    w1, w2 = Waiter(30), Waiter(30)
-    t.enqueue(b"s", w1)
-    t.enqueue(b"s", w2)
+    t, key, (w1, w2) = held(30, 30, 30)
     t.cancel(b"s", w1)
     assert t.release(b"s", key, 1.0) == [w2]
     assert w1.key == 0
@@ -169,11 +169,7 @@ def test_lease_heap_does_not_grow_with_lock_unlock_cycles():
 
 
 def test_a_lease_extended_by_passing_on_ends_at_its_own_deadline():
-    t = LockTable()
-    key = t.try_acquire(b"s", 0.0, 10)
-    w1, w2 = Waiter(10), Waiter(3)
-    t.enqueue(b"s", w1)
-    t.enqueue(b"s", w2)
+    t, key, (w1, w2) = held(10, 10, 3)
     assert t.release(b"s", key, 5.0) == [w1]  # w1's lease ends at 15
     assert t.next_deadline() <= 15.0
     assert t.expire(10.0) == [] and t.holder(b"s") == w1.key  # the first lease's deadline: not w1's
