@@ -45,6 +45,9 @@ final class MsessionFunctions
         } catch (Msession\MsessionException $e) {
             trigger_error("$name(): " . $e->getMessage(), E_USER_WARNING);
             return $onError;
+        } catch (ValueError | ArgumentCountError $e) {  // a bad argument, refused before sending
+            trigger_error("$name(): BADARG: " . $e->getMessage(), E_USER_WARNING);
+            return $onError;
         }
     }
 }
@@ -280,10 +283,6 @@ if (!function_exists('msession_call')) {
     /** Calls the plugin function $fn_name with up to four parameters. */
     function msession_call($fn_name, ...$params)
     {
-        if (count($params) > 4) {
-            trigger_error('msession_call(): at most 4 parameters', E_USER_WARNING);
-            return false;
-        }
         return MsessionFunctions::run(__FUNCTION__, fn($c) => $c->callFunction((string)$fn_name, ...array_map('strval', $params)));
     }
 }
@@ -292,12 +291,6 @@ if (!function_exists('msession_ctl')) {
     /** $which: EXIST (default), TTL, AGE, TLA, CTIME, TOUCH or NOW, by name or number. */
     function msession_ctl($name, $which = 'EXIST')
     {
-        return MsessionFunctions::run(__FUNCTION__, function ($c) use ($name, $which) {
-            try {
-                return $c->ctl((string)$name, is_int($which) ? $which : (string)$which);
-            } catch (ValueError $e) {
-                throw new Msession\MsessionException('BADARG', $e->getMessage());
-            }
-        });
+        return MsessionFunctions::run(__FUNCTION__, fn($c) => $c->ctl((string)$name, is_int($which) ? $which : (string)$which));
     }
 }

@@ -4,7 +4,7 @@ declare(strict_types=1);
 namespace Msession;
 
 // Compiled to opcodes (not namespace-resolved calls) when imported.
-use function array_slice, count, in_array, is_array, is_int, is_resource, is_string, strlen;
+use function array_key_exists, array_slice, count, in_array, is_array, is_int, is_resource, is_string, strlen;
 
 /**
  * A blocking client for one or more msession nodes.
@@ -16,7 +16,7 @@ use function array_slice, count, in_array, is_array, is_int, is_resource, is_str
  *
  * Given several nodes, it connects to the first that answers (HELLO checks
  * the protocol version) and fails over to the next when a node fails. The
- * retry policy is protocol/client.py's (_Attempts):
+ * retry policy is protocol/client.py's (_Attempts), plus BUSY answers:
  *  - a request the node never ran (BUSY or TIMEOUT answered before any of ours,
  *    or the connection broke before a byte went out) is sent again: to the same
  *    node twice at most on TIMEOUT/BADCONN, else to the next node;
@@ -49,15 +49,18 @@ use function array_slice, count, in_array, is_array, is_int, is_resource, is_str
  * from the nodes, cached across PHP requests for route_ttl seconds), on a
  * connection per member address (persistent if the client is); anything
  * else goes to the nodes as above. A stale table costs a forwarding hop,
- * never a wrong answer. If the owner cannot be reached (or fails before
- * running the request), the request goes to the nodes as above (they
- * forward it or answer UNAVAILABLE) and the cached table is replaced by an
- * empty one for route_ttl seconds; a request that may have run there is
- * never sent again unless idempotent (BADCONN otherwise).
+ * never a wrong answer. If the owner cannot be reached, or fails during the
+ * request, the request goes to the nodes as above (they forward it or answer
+ * UNAVAILABLE) and the cached table is replaced by an empty one for
+ * route_ttl seconds (a request that may have run there is never sent again
+ * unless idempotent: BADCONN otherwise); an owner that answered that it did
+ * not run the request (BUSY, TIMEOUT) only sends this request to the nodes.
+ * When no node answers ROUTES either, the empty table is cached too.
  *
  * Options: timeout (seconds per request, 10; an SLOCK gets its wait on top),
  * connect_timeout (2), max_answer (bytes, 256 MiB), persistent (false),
- * route (false), route_ttl (seconds, 5).
+ * route (false; null: on when the node list has several nodes), route_ttl
+ * (seconds, 5).
  */
 final class Client
 {
@@ -88,13 +91,11 @@ final class Client
     private ?string $addr = null;
     /** @var array<string, array{0:resource, 1:array}> other nodes' connections: "host:port" => [socket, serverInfo] */
     private array $pool = [];
-    /** @var array<string, true> addresses that failed during this client's life: tried last */
+    /** @var array<string, true> owners that failed during this client's life: tried last among the nodes */
     private array $down = [];
     private ?string $routeKey = null;
     /** @var list<string> target() of each node */
     private array $targets;
-    /** @var array<string, list<array{0:string,1:int}>> parseNodes() of node list strings, in this PHP request */
-    private static array $parsed = [];
 
     /** @param string|list<string> $nodes "host:port,host:port" or a list of "host[:port]" */
     public function __construct(string|array $nodes = '127.0.0.1:8086', array $options = [])
@@ -109,7 +110,8 @@ final class Client
         $this->connectTimeout = (float)($options['connect_timeout'] ?? 2.0);
         $this->maxAnswer = (int)($options['max_answer'] ?? 256 * 1024 * 1024);
         $this->persistent = (bool)($options['persistent'] ?? false);
-        $this->route = (bool)($options['route'] ?? false);
+        $route = array_key_exists('route', $options) ? $options['route'] : false;  // null: on with several nodes
+        $this->route = $route === null ? count($this->nodes) > 1 : (bool)$route;
         $this->routeTtl = (float)($options['route_ttl'] ?? 5.0);
         $this->nextId = random_int(1, 1 << 30);  // a shared persistent socket never sees one id twice
     }
@@ -125,13 +127,7 @@ final class Client
     public static function parseNodes(string|array $nodes): array
     {
         if (is_string($nodes)) {
-            if (isset(self::$parsed[$nodes])) {
-                return self::$parsed[$nodes];  // the session handler parses save_path twice per request
-            }
-            if (count(self::$parsed) >= 16) {
-                self::$parsed = [];
-            }
-            return self::$parsed[$nodes] = self::parseNodes(explode(',', $nodes));
+            return self::parseNodes(explode(',', $nodes));
         }
         $out = [];
         foreach ($nodes as $spec) {
@@ -349,29 +345,39 @@ final class Client
     /** The batch's answers, after sending again the BUSY requests that end it (see the class comment). */
     private function busyRetried(array $requests, array $answers): array
     {
-        $last = $answers[count($answers) - 1];
-        if ($last[0] === 1 || !self::isBusy($last)) {
-            return $answers;  // the common case: the batch does not end with BUSY answers
-        }
         for ($delay = 100000; $delay <= 300000; $delay += 200000) {
-            // BUSY answers to requests (not a connection's BUSY): they did not run. Send them
-            // again if they end the batch, so that what runs still runs in order.
-            $first = count($answers);
-            while ($first > 0 && self::isBusy($answers[$first - 1])) {
-                $first--;
-            }
-            if ($first === count($answers)) {
+            $first = self::busyTail($answers);
+            if ($first === null) {
                 break;
-            }
-            for ($i = 0; $i < $first; $i++) {
-                if (self::isBusy($answers[$i])) {
-                    break 2;  // a BUSY request before one that ran: the caller sees BUSY
-                }
             }
             usleep($delay);
             array_splice($answers, $first, count($answers) - $first, $this->send(array_slice($requests, $first)));
         }
         return $answers;
+    }
+
+    /**
+     * Where the BUSY answers that end a batch start, if they may be sent again,
+     * else null. BUSY answers to requests (not a connection's BUSY) did not
+     * run; they are sent again only when they end the batch and no request
+     * before them was BUSY, so that what runs still runs in order.
+     */
+    private static function busyTail(array $answers): ?int
+    {
+        $n = count($answers);
+        if ($n === 0 || $answers[$n - 1][0] === 1 || !self::isBusy($answers[$n - 1])) {
+            return null;  // the common case: the batch does not end with BUSY answers
+        }
+        $first = $n - 1;
+        while ($first > 0 && self::isBusy($answers[$first - 1])) {
+            $first--;
+        }
+        for ($i = 0; $i < $first; $i++) {
+            if (self::isBusy($answers[$i])) {
+                return null;  // a BUSY request before one that ran: the caller sees BUSY
+            }
+        }
+        return $first;
     }
 
     /** Every command of the batch may be sent twice (see Protocol::NOT_IDEMPOTENT). */
@@ -491,13 +497,12 @@ final class Client
             return $table;
         }
         try {
-            [$answer] = $this->viaNodes([[Protocol::ROUTES, []]], $this->timeout, true);
+            [$answer] = $this->viaNodes([[Protocol::ROUTES, []]], $this->timeout);
             $table = Routes::fromAnswer(self::result($answer, null), $this->routeTtl);
         } catch (MsessionException $e) {
-            if (!in_array($e->getErrorName(), ['UNKNOWN', 'BADARG'], true)) {
-                return null;  // no node answers: the request goes on without a table
-            }
-            $table = Routes::fromAnswer(null, $this->routeTtl);  // a node without ROUTES: no routing
+            // A node without ROUTES (UNKNOWN, BADARG), or no node answering: no routing for
+            // route_ttl seconds, rather than asking again (and waiting again) every request.
+            $table = Routes::fromAnswer(null, $this->routeTtl);
         }
         Routes::store($this->routeKey, $table);
         return $table;

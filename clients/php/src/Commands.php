@@ -169,7 +169,7 @@ trait Commands
     public function callFunction(string $fn, string ...$params): mixed
     {
         if (count($params) > 4) {
-            throw new \ArgumentCountError('callFunction() takes at most 4 parameters');
+            throw new \ArgumentCountError('at most 4 parameters');
         }
         return $this->call(Protocol::CALL, [$fn, ...$params], [Protocol::class, 'text']);
     }

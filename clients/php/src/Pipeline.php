@@ -29,12 +29,6 @@ final class Pipeline
         return $this;
     }
 
-    /** How many commands are queued. */
-    public function queued(): int
-    {
-        return count($this->queued);
-    }
-
     public function execute(bool $throw = true): array
     {
         $queued = $this->queued;

@@ -88,7 +88,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     private array $seen = [];
     /** @var array<string, bool> session id => it existed when read */
     private array $existed = [];
-    /** validateId()'s read batch, for read(): [id, lock key, vars, time sent], or [id, the MsessionException] */
+    /** validateId()'s read, for read(): [id, the variables or the MsessionException] (the lock is in $locks) */
     private ?array $prefetched = null;
     /** SLOCK's wait and lease in milliseconds */
     private int $waitMs;
@@ -137,7 +137,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         if (isset($options[$name])) {
             return $options[$name];
         }
-        $env = getenv(self::ENV[$name] ?? 'MSESSION_' . strtoupper($name));
+        $env = getenv(self::ENV[$name]);
         if ($env !== false && $env !== '') {
             return $env;
         }
@@ -163,8 +163,8 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
 
     private function newClient(string $nodes): Client
     {
-        $route = $this->route ?? count(Client::parseNodes($nodes)) > 1;
-        return new Client($nodes, ['timeout' => $this->timeout, 'persistent' => $this->persistent, 'route' => $route]);
+        // route null: the Client routes when the node list has several nodes
+        return new Client($nodes, ['timeout' => $this->timeout, 'persistent' => $this->persistent, 'route' => $this->route]);
     }
 
     public function open(string $path, string $name): bool
@@ -219,18 +219,17 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     {
         try {
             if ($this->prefetched !== null && $this->prefetched[0] === $id) {
-                $prefetched = $this->prefetched;
+                $vars = $this->prefetched[1];  // validateId() read it, and took the lock
                 $this->prefetched = null;
-                if ($prefetched[1] instanceof MsessionException) {
-                    throw $prefetched[1];
+                if ($vars instanceof MsessionException) {
+                    throw $vars;
                 }
-                [, $key, $vars, $sent] = $prefetched;  // validateId() read it, lock included
             } else {
+                $this->prefetched = null;
                 [$key, $vars, $sent] = $this->fetch($id);
-            }
-            $this->prefetched = null;
-            if ($key !== null) {
-                $this->locks[$id] = [$key, $sent];
+                if ($key !== null) {
+                    $this->locks[$id] = [$key, $sent];
+                }
             }
         } catch (MsessionException $e) {
             $why = $e->getErrorName() === 'LOCKED'
@@ -330,7 +329,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
             return true;
         }
         if (!$vars instanceof MsessionException) {
-            $this->prefetched = [$id, $key, $vars, $sent];  // close() releases the lock if read() never comes
+            $this->prefetched = [$id, $vars];  // close() releases the lock if read() never comes
             if ($key !== null) {
                 $this->locks[$id] = [$key, $sent];
             }
@@ -366,7 +365,9 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
             $requests[] = [Protocol::SETVAL, [$id, new Map($changes)]];
         }
         if ($create || !$requests) {
-            $requests[] = [Protocol::TIMEOUT, [$id, $ttl]];  // read() set it on an existing session; a new one gets it here
+            // A new session gets its timeout here; with nothing to write (updateTimestamp(),
+            // lazy_write) this renews the session's (read() set it, every command restarts it).
+            $requests[] = [Protocol::TIMEOUT, [$id, $ttl]];
         }
         $lock = $this->locks[$id] ?? null;
         if ($lock !== null) {
