@@ -31,10 +31,11 @@ import time
 from cluster.membership import GossipConfig
 from cluster.sim import SimCluster, crash_run
 
+from .report import percentile
+
 
 def _pct(values: list[float], p: float) -> float:
-    v = sorted(values)
-    return v[min(len(v) - 1, int(p * len(v)))]
+    return percentile(sorted(values), p)
 
 
 def _sent(c: SimCluster) -> tuple[int, int]:

@@ -54,6 +54,7 @@ from pathlib import Path
 
 from node.farm import converged
 
+from .report import percentile
 from .servers import DEFAULT_NODE_CMD, BenchError, MsessionServer, RedisServer, _Child, _die_with_parent, find_redis, free_port, proc_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +119,8 @@ class PhpServer:
         env["TMPDIR"] = self.tmp
         self.log = b""
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE if log else subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.PIPE if log else subprocess.DEVNULL,
+                                     preexec_fn=_die_with_parent)  # its own group, and dies with us
         self._reader = threading.Thread(target=self._drain, daemon=True) if log else None
         if self._reader:
             self._reader.start()
@@ -310,8 +312,7 @@ def phase(ports, kind: str, seconds: float) -> dict:
             list(users.map(lambda _: burst_user(ports, seconds, tally, pool), range(BURST_USERS)))
     elapsed = time.monotonic() - t
     lat = sorted(tally.latencies)
-    pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")  # noqa: E731
-    return {"req_s": len(lat) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+    return {"req_s": len(lat) / elapsed, "p50_ms": 1000 * percentile(lat, 0.50), "p99_ms": 1000 * percentile(lat, 0.99),
             "errors": tally.errors, "violations": tally.violations, "requests": len(lat)}
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from node.farm import READY
-from node.farm import die_with_parent  # noqa: F401  (tests import it from here too)
+from node.farm import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -51,7 +51,9 @@ if [ "$installed" != "$hash test" ] && [ "$installed" != "$hash $mode" ]; then
 fi
 
 if [ $want_test -eq 1 ]; then
-    # The benchmark and its smoke test compare against redis-server. Without
-    # root we cannot install it; the smoke test then skips and says why.
+    # The benchmarks compare against redis-server (and, for PHP, phpredis and
+    # php-memcached); the PHP tests need php-cli, php-msgpack and phpunit,
+    # php-apcu holds a farm's routing table. Without root we cannot install
+    # them; the tests that need them then skip and say why.
     apt_install redis-server procps php-cli php-msgpack php-apcu phpunit php-redis php-memcached memcached || echo "install.sh: continuing without redis-server or the PHP packages" >&2
 fi

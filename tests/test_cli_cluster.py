@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from bench.servers import die_with_parent
+from node.farm import die_with_parent
 from node import cli
 from node import config as config_mod
 from node import farm
