@@ -171,6 +171,8 @@ class Node:
         self._max_name_len = config.max_name_len
         self._max_wait_ms = int(config.max_lock_wait * 1000)
         self._max_lease_ms = int(config.max_lock_lease * 1000)
+        self._max_timeout = config.max_timeout
+        self._max_key = _MAX_U64
 
     def execute(self, cmd: int, args: list, now: float) -> Any:
         self.stats["commands"] += 1
@@ -349,7 +351,7 @@ class Node:
         if len(args) == 1:
             return self.store.require(sid, now).timeout
         seconds = args[1]
-        if type(seconds) is not int or not 1 <= seconds <= self.config.max_timeout:
+        if type(seconds) is not int or not 1 <= seconds <= self._max_timeout:
             seconds = self._timeout(seconds)
         s = self.store.require(sid, now)  # an access: restarts the inactivity timer
         if s.timeout == seconds:
@@ -414,8 +416,7 @@ class Node:
         self.store.get(sid, now)  # a lock is an access
         mono = self.lock_clock()
         granted = self.locks.expire(mono)  # a lease that ran out frees the lock now
-        if granted:
-            self.wake(granted)
+        self.wake(granted)
         key = self.locks.try_acquire(sid, mono, lease)
         if key:
             return key
@@ -431,11 +432,10 @@ class Node:
             _arity(args, 2, 2, "SUNLOCK session key")
         sid = self._sid(args[0])
         key = args[1]
-        if type(key) is not int or not 0 <= key <= _MAX_U64:
+        if type(key) is not int or not 0 <= key <= self._max_key:
             key = _int(key, "key", 0, _MAX_U64)
         granted = self.locks.release(sid, key, self.lock_clock())
-        if granted:
-            self.wake(granted)
+        self.wake(granted)
         return key
 
     def plugin(self, args, now):

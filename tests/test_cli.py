@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import ROOT, NodeProcess
+from procs import ROOT, NodeProcess, wait_for
 from protocol.client import Client
 from protocol.codec import encode_request
 from protocol.constants import Cmd
@@ -149,12 +149,11 @@ def test_shutdown_is_clean_with_busy_connections(sig):
     try:
         holder.lock("s")
         waiter_sock.sendall(encode_request(1, Cmd.SLOCK, [b"s", 60000]))
-        deadline = time.monotonic() + 5
-        while holder.info()["lock_waiters"] != 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert holder.info()["lock_waiters"] == 1  # the locker really waits
+        wait_for(lambda: holder.info()["lock_waiters"] == 1, 5, "the locker waiting")
         idle = socket.create_connection((node.host, node.port))
+        t = time.monotonic()
         assert node.stop(sig) == 0  # not killed after stop()'s 10 s grace
+        assert time.monotonic() - t < 5, "busy connections delayed shutdown"
         assert waiter_sock.recv(100) == b""  # closed, not answered with a lock
         idle.close()
     finally:

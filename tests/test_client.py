@@ -520,7 +520,7 @@ async def test_cancelling_a_big_pipeline_leaves_other_tasks_alone(nursery):
     server = await start_server(nursery)
     async with AsyncClient(*server.ports[0]) as c:
         await c.create("s")
-        counts = {"ok": 0}
+        counts = {"ok": 0, "cancelled": 0}
 
         async def incs():
             for _ in range(200):
@@ -534,8 +534,10 @@ async def test_cancelling_a_big_pipeline_leaves_other_tasks_alone(nursery):
                 for _ in range(4):
                     p.getdata("s")
                     p.setdata("s", b"e" * 30_000)
-                with trio.move_on_after(0.001):
+                with trio.move_on_after(0.001) as cs:
                     await p.execute()
+                counts["cancelled"] += cs.cancelled_caught
+        assert counts["cancelled"] >= 1, "the case under test: a pipeline cancelled mid-way"
         assert counts["ok"] == 200
         assert await c.get("s", "n") == b"200"
 

@@ -297,7 +297,7 @@ def test_forwarded_lock_waits_and_is_granted_on_unlock_through_a_third_node(farm
         ca.create(sid)
         key = ca.lock(sid, wait=0, lease=30)
         t, box = _in_thread(cb.lock, sid, wait=10)
-        t.join(0.5)
+        wait_for(lambda: cc.info()["lock_waiters"] == 1, 5, f"the second locker waiting at the owner ({box})")
         assert t.is_alive(), f"second locker did not wait: {box}"
         unlocked = time.monotonic()
         assert cc.unlock(sid, key) is not None
@@ -472,12 +472,10 @@ def _farm_intact(farm) -> None:
         assert "Traceback" not in node.read_log(), node.read_log()[-2000:]
 
 
-def _tcp_send(addr, data: bytes, hold: float = 0.0) -> bytes:
+def _tcp_send(addr, data: bytes) -> bytes:
     with socket.create_connection(addr, timeout=8) as s:
         if data:
             s.sendall(data)
-        if hold:
-            time.sleep(hold)
         s.shutdown(socket.SHUT_WR)
         chunks = []
         while True:

@@ -199,6 +199,12 @@ def test_increments_under_join_and_leave_are_never_lost_or_doubled(farms):
     stop = threading.Event()
     tally = threading.Lock()
     phase = ["before"]
+    using: dict[int, object] = {}  # worker -> the node its request in flight went to
+
+    def load(n: int) -> None:
+        """Waits (bounded) for n more acknowledged increments in this phase."""
+        start = sum(ok.values())
+        wait_for(lambda: sum(ok.values()) >= start + n, 20, f"{n} increments in phase {phase[0]}")
 
     def worker(seed: int) -> None:
         rnd = random.Random(seed)
@@ -208,7 +214,7 @@ def test_increments_under_join_and_leave_are_never_lost_or_doubled(farms):
                 if stop.is_set():
                     break
                 with pool_lock:
-                    node = rnd.choice(pool)
+                    node = using[seed] = rnd.choice(pool)
                 c = clients.get(node.address) or clients.setdefault(node.address, Client(nodes=[node.address], timeout=10))
                 sid = rnd.choice(sids)
                 try:
@@ -217,6 +223,7 @@ def test_increments_under_join_and_leave_are_never_lost_or_doubled(farms):
                 except MsessionError as exc:
                     kind = exc.code
                     c.close()
+                using[seed] = None
                 with tally:
                     if kind == "ok":
                         ok[sid] += 1
@@ -234,24 +241,24 @@ def test_increments_under_join_and_leave_are_never_lost_or_doubled(farms):
     for t in threads:
         t.start()
     try:
-        time.sleep(0.5)  # load before the change (the workers run meanwhile)
+        load(50)  # before the change
         phase[0] = "joining"
         joiner = farm.add()
         with pool_lock:
             pool.append(joiner)
         farm.wait_converged(timeout=15)
         phase[0] = "joined"
-        time.sleep(1.0)
+        load(100)
         phase[0] = "leaving"
         leaver = farm.nodes[0]
         with pool_lock:
             pool.remove(leaver)
-        time.sleep(0.2)  # let workers move off it
+        wait_for(lambda: leaver not in using.values(), 10, "the workers' requests on the leaver answered")
         assert leaver.stop() == 0
         for node in live_nodes(farm):
             wait_for(lambda: _states(node).get(leaver.name) == "left" or None, 5, f"{node.name} sees {leaver.name} left")
         phase[0] = "left"
-        time.sleep(1.0)
+        load(100)
     finally:
         stop.set()
         for t in threads:
@@ -313,7 +320,8 @@ def test_request_forwarded_to_an_owner_that_dies_gets_a_clear_error(farms):
     t2 = threading.Thread(target=reader, daemon=True)
     t1.start()
     t2.start()
-    t1.join(0.5)
+    with Client(nodes=[owner.address]) as oc:  # the case under test: the lock is waited for at the owner
+        wait_for(lambda: oc.info()["lock_waiters"] == 1, 5, f"the locker waiting at the owner ({results})")
     assert t1.is_alive() and "lock" not in results
     killed = time.monotonic()
     results["read_until"] = killed + 3
@@ -445,7 +453,10 @@ def test_a_busy_event_loop_is_not_declared_dead(farms):
             for i in range(10):
                 blocks.append(int(c.call("block", str(400 + 10 * i))))
                 time.sleep(0.1)
-        time.sleep(1.0)  # a suspicion raised by the last block has time to end either way
+        # A suspicion raised by the last block ends either way (refuted, or dead):
+        # wait until no watcher suspects the busy node any more.
+        wait_for(lambda: all(_states(w).get(busy.name) != "suspect" for w in watchers), 10,
+                 "the watchers' suspicion of the busy node to end")
     finally:
         stop.set()
         poller.join(10)

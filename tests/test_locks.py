@@ -148,6 +148,7 @@ def test_quick_argument_paths_answer_as_the_full_checks():
     assert err(11, [b"s", 0, 0]) == ("BADARG", "lease_ms must be positive")
     key = node.execute(11, [b"s", 0, 1000.0], 0.0)  # a whole float is accepted
     assert err(12, [b"s", -1]) == ("BADARG", "key must be between 0 and 18446744073709551615, not -1")
+    assert err(12, [b"s", True])[0] == "BADARG"  # a boolean is not a key
     assert node.execute(12, [b"s", str(key).encode()], 0.0) == key
 
 

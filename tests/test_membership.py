@@ -134,13 +134,16 @@ def test_probe_without_answer_goes_indirect_then_suspects_then_declares_dead():
     a, b, c, d = cluster(4)
     target = None
     t = 0.0
-    while target is None:  # the first probe
+    for _ in range(1000):  # until the first probe (bounded)
+        if target is not None:
+            break
         t = a.next_wakeup()
         a.tick(t)
         pings = [(dest, p) for dest, p in packets(a) if p.kind == m.PING]
         if pings:
             target_addr, ping = pings[0]
             target = ping.target
+    assert target is not None, "no probe within 1000 wakeups"
     start = t
     a.tick(start + CFG.probe_timeout)
     reqs = [(dest, p) for dest, p in packets(a) if p.kind == m.PING_REQ]

@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -72,10 +73,21 @@ def test_phpunit_suite(farm, tmp_path):
         # the persistent-connection tests start (and restart) nodes of their own
         env["MSESSION_TEST_SERVE"] = json.dumps([sys.executable, "-m", "node.cli", "serve"])
         env["MSESSION_TEST_ROOT"] = str(ROOT)
-        proc = subprocess.run(
+        # Its own process group: on a timeout, the nodes and fake nodes PHPUnit
+        # started go with it (a PHP fatal error skips their tearDown too).
+        phpunit_proc = subprocess.Popen(
             [phpunit, "-c", str(PHP_DIR / "phpunit.xml")],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )
+        try:
+            out, err = phpunit_proc.communicate(timeout=180)
+        finally:
+            try:
+                os.killpg(phpunit_proc.pid, signal.SIGKILL)  # whatever it left behind
+            except ProcessLookupError:
+                pass
+            phpunit_proc.wait()
+        proc = subprocess.CompletedProcess(phpunit_proc.args, phpunit_proc.returncode, out, err)
     finally:
         node.stop()
     assert proc.returncode == 0, f"PHPUnit failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"

@@ -77,7 +77,7 @@ def test_same_view_same_owners_in_another_process():
     env = dict(os.environ, PYTHONHASHSEED="12345")  # Python's hash must play no part
     out = subprocess.run(
         [sys.executable, "-c", code, ",".join(reversed(members))],
-        capture_output=True, text=True, check=True, env=env,
+        capture_output=True, text=True, check=True, env=env, timeout=60,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     assert out.stdout.strip().split(",") == here.owners

@@ -200,17 +200,20 @@ final class SessionHandlerTest extends TestCase
         $ini = ['msession.lock_lease' => '1', 'msession.lock_wait' => '5'];
         $sid = $this->request(['ops' => [['set', 'n', 0]]], $ini)['sid'];
         $crashed = $this->start(['sid' => $sid, 'ops' => [['sleep', 5000]]], $ini);
-        msession_wait_until(function () use ($sid) {
-            try {
-                $this->c->unlock($sid, $this->c->lock($sid, 0));
-                return false;  // not taken yet: we took and released it
-            } catch (Msession\MsessionException $e) {
-                $this->assertSame('LOCKED', $e->getErrorName());
-                return true;
-            }
-        }, 10, 'the request to take the lock');
-        proc_terminate($crashed[0], 9);
-        proc_close($crashed[0]);
+        try {
+            msession_wait_until(function () use ($sid) {
+                try {
+                    $this->c->unlock($sid, $this->c->lock($sid, 0));
+                    return false;  // not taken yet: we took and released it
+                } catch (Msession\MsessionException $e) {
+                    $this->assertSame('LOCKED', $e->getErrorName());
+                    return true;
+                }
+            }, 10, 'the request to take the lock');
+        } finally {
+            proc_terminate($crashed[0], 9);  // the "crash" (and no leftover process if the wait failed)
+            proc_close($crashed[0]);
+        }
         $t = microtime(true);
         $r = $this->request(['sid' => $sid, 'ops' => [['inc', 'n']]], $ini);
         $this->assertLessThan(2.0, microtime(true) - $t);
