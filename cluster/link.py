@@ -6,10 +6,11 @@ the general ``AsyncClient``: one raw non-blocking socket, one reader task that
 hands each answer to its waiting request by id, and per request one frame
 encoded, one ``send`` (usually complete at once) and one event waited on.
 Answers to requests that gave up waiting are read and dropped (ids are never
-reused while a request waits). A lock that may wait does not come here: it
-would hold back nothing (answers are matched by id, not by order on our side),
-but the owner answers a connection's requests in order, so it goes over a
-connection of its own (``AsyncClient`` in ``cluster/runtime.py``).
+reused while a request waits). A lock that may wait gets a PeerLink of its
+own, opened and closed for that request by ``Cluster.call`` in
+``cluster/runtime.py``: the owner answers a member's other requests out of
+order, but a waiting SLOCK in line, so on the shared link it would hold back
+the requests behind it.
 """
 
 from __future__ import annotations

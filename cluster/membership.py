@@ -124,7 +124,6 @@ class GossipConfig:
     gossip_to_dead: float = 30.0  # keep sending updates to dead members this long (they may refute)
     join_retry: float = 1.0  # retry the seeds this often until one answers
     max_stream: int = 16 * 1024 * 1024  # push-pull frame limit
-    probe_suspects_first: bool = True  # probe a member as soon as we hear it is suspect
 
 
 @dataclass(frozen=True)
@@ -704,7 +703,7 @@ class Membership:
         node.suspicion = Suspicion(inc, accuser, k, low, high, now)
         self._at(node.suspicion.deadline, "suspect", node.name)
         self.counters["suspicions"] += 1
-        if accuser != self.name and c.probe_suspects_first:
+        if accuser != self.name:  # probe a member as soon as we hear it is suspect
             self._probe_first[node.name] = None
         if not was_suspect:
             self._event("suspect", node)

@@ -21,7 +21,7 @@ and ``entries`` (full state) are arrays of *updates*::
 ``state`` is 0 alive, 1 suspect, 2 dead, 3 left; ``meta`` is a map with string
 keys (``nil`` except in alive updates and full state) of at most
 ``MAX_META`` encoded bytes; ``origin`` is the accuser's name for suspect and
-dead updates, else ``nil``.
+dead updates (the leaver's own for left ones), else ``nil``.
 
 Decoding is strict: anything else (wrong arity, wrong types, out-of-range
 numbers, extension types, trailing bytes, another version) raises

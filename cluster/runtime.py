@@ -40,7 +40,7 @@ from node.commands import RUN_LOCAL, CommandError, Node, routes_map, status_map
 from node.config import Config
 from node.logs import RateLimitedLog
 from node.store import random_id
-from protocol.client import _lock_wait, _waits
+from protocol.client import _NOT_IDEMPOTENT, _lock_wait, _waits
 from protocol.constants import Cmd, error_name
 
 from . import handoff, router
@@ -80,8 +80,7 @@ class Cluster:
         self.ring: Ring = ring_for([])
         self._links: dict[str, PeerLink] = {}  # one shared link per member
         self._takeovers = handoff.Takeovers()
-        self._ready = False  # joined the farm (or gave up waiting for seeds)
-        self._ready_event = trio.Event()
+        self._ready_event = trio.Event()  # set once joined the farm (or given up waiting for seeds)
         self._solo = False  # ready, alone in the ring, nothing arriving: the fast path
         self._moving: dict[bytes, list] = {}  # sessions on their way to a new owner
         self._given: dict[bytes, tuple[list, float]] = {}  # sessions given by TAKE, kept a while
@@ -175,7 +174,7 @@ class Cluster:
         if seeds:
             with trio.move_on_after(SEED_WARNING):
                 await self._ready_event.wait()
-            if not self._ready:
+            if not self._ready_event.is_set():
                 log.warning("none of the seeds %s answers yet; still trying (a farm's first node needs no seeds)", ", ".join(seeds))
             with trio.move_on_after(JOIN_GRACE - SEED_WARNING):
                 await self._ready_event.wait()
@@ -184,14 +183,13 @@ class Cluster:
             log.info("joined the farm: %d members", len(self.membership.live_names()))
 
     def _become_ready(self) -> None:
-        if not self._ready:
-            self._ready = True
+        if not self._ready_event.is_set():
             self._ready_event.set()
             self._refresh_fast_path()
 
     def _refresh_fast_path(self) -> None:
         self._solo = (
-            self._ready and set(self.ring.members) <= {self.name}
+            self._ready_event.is_set() and set(self.ring.members) <= {self.name}
             and not self._takeovers.active(trio.current_time())
         )
 
@@ -246,10 +244,10 @@ class Cluster:
             changed = True
         if m.conflict:
             raise SystemExit(f"msession: {m.conflict}")
-        if m.joined and not self._ready:
-            self._ready_event.set()  # _watch_join makes it so
         if changed:
             self._update_ring()
+        if m.joined:
+            self._become_ready()  # (after the ring: the fast path is decided on the farm's)
         self._wake.set()
 
     async def _push_pull(self, item: PushPull) -> None:
@@ -326,7 +324,7 @@ class Cluster:
             return self._special(cmd, args, hops)
         if self._solo:
             return None  # a farm of one: everything is ours (the fast path)
-        if not self._ready and (cmd in router.KEYED or cmd in router.GATHER):
+        if not self._ready_event.is_set() and (cmd in router.KEYED or cmd in router.GATHER):
             # Members may already route to us, but our view is not the farm's yet.
             if hops:
                 raise CommandError("BUSY", f"member {self.name} is still joining the farm: retry")
@@ -438,7 +436,7 @@ class Cluster:
 
     def _unreachable(self, name: str, cmd: int, message: str, sent: bool) -> CommandError:
         self.counters["forward_errors"] += 1
-        maybe = " (it may have run)" if sent and cmd not in _SAFE else ""
+        maybe = " (it may have run)" if sent and cmd in _NOT_IDEMPOTENT else ""
         return CommandError("UNAVAILABLE", f"member {name} could not be reached{maybe}: {message}")
 
     def release_lock(self, args: Any, key: int) -> None:
@@ -484,12 +482,11 @@ class Cluster:
     async def uniq(self, args: Any) -> Any:
         """A fresh id, unique in the farm: created on the id's owner, which
         refuses an id that is taken (DUPSESSION) and we draw another."""
-        if type(args) is not list or not 1 <= len(args) <= 3 or type(args[0]) is not int or not 1 <= args[0] <= self.config.max_uniq_len:
-            return RUN_LOCAL  # the node's checks give the error
+        length, classname, data = self.node.uniq_args(args)  # the node's checks, and errors
         for _ in range(16):
-            sid = random_id(args[0])
+            sid = random_id(length)
             owner = self.ring.owner(sid)
-            create = [sid, *args[1:]]
+            create = [sid, classname, data]
             try:
                 if owner is None or owner == self.name:
                     previous = self._missing(sid)
@@ -685,7 +682,7 @@ class Cluster:
         self.leaving = True
         m.leave(trio.current_time())
         self._after()
-        others = [n for n in m.live_names() if n != self.name]
+        others = m.live_names()  # (we have left: not among them)
         if others:
             self.ring = ring_for(others)  # from now on we forward everything
             self._refresh_fast_path()
@@ -694,7 +691,7 @@ class Cluster:
                 await trio.sleep(0.05)
         deadline = trio.current_time() + 5
         while trio.current_time() < deadline:
-            others = [n for n in self.membership.live_names() if n != self.name]
+            others = self.membership.live_names()  # (we have left: not among them)
             if not others:
                 break
             await self.hand_off(ring_for(others))
@@ -771,7 +768,6 @@ class Cluster:
 
 
 _SPECIAL = frozenset({Cmd.STATUS, Cmd.ROUTES, Cmd.HANDOFF, Cmd.TAKE, Cmd.UNIQ})
-_SAFE = frozenset({Cmd.CTL, Cmd.GETVAL, Cmd.GETALL, Cmd.DATAGET, Cmd.COUNT, Cmd.LIST, Cmd.FIND, Cmd.LISTVAR, Cmd.SETVAL, Cmd.DATASET, Cmd.DROP, Cmd.TIMEOUT})
 
 
 async def _value(value: Any) -> Any:

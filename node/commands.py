@@ -383,10 +383,14 @@ class Node:
             return int(s.atime)
         return int(s.ctime)  # CTIME
 
-    def uniq(self, args, now):
+    def uniq_args(self, args) -> tuple[int, bytes, bytes]:
+        """UNIQ's checked arguments: (length, classname, data). A farm's
+        member uses it too before drawing the id it creates at the owner."""
         _arity(args, 1, 3, "UNIQ num_chars [classname [data]]")
-        length = _int(args[0], "num_chars", 1, self.config.max_uniq_len)
-        classname, data = self._classname_data(args[1:])
+        return _int(args[0], "num_chars", 1, self.config.max_uniq_len), *self._classname_data(args[1:])
+
+    def uniq(self, args, now):
+        length, classname, data = self.uniq_args(args)
         sid = self.store.new_id(length, now, taken=lambda s: self.locks.holder(s) != 0)
         self.store.apply(st.Create(sid, self.store.version(now), classname, data), now)
         return sid

@@ -274,6 +274,23 @@ def test_uniq_is_unique_across_the_farm(farm, clients):
     assert sum(info_sessions(farm).values()) == before + 300
 
 
+def test_uniq_with_arguments_the_node_converts_creates_at_the_owner(farm, clients):
+    # num_chars as bytes or a whole float is accepted by the node's checks; the
+    # farm used to take such a UNIQ for "bad arguments" and create the id where
+    # it arrived, whoever owned it.
+    names = live_names(farm)
+    entry = clients[names[0]]
+    before = info_sessions(farm)
+    ids = [entry._call(Cmd.UNIQ, [length], bytes) for length in [b"12"] * 6 + [12.0] * 6]
+    assert all(len(sid) == 12 for sid in ids)
+    ring = ring_for(names)
+    owned = {n: sum(ring.owner(sid) == n for sid in ids) for n in names}
+    after = info_sessions(farm)
+    assert {n: after[n] - before[n] for n in names} == owned  # each member holds the ids it owns
+    for sid in ids:
+        assert clients[names[1]].ctl(sid, "EXIST") == 1
+
+
 # -- 2. locks across nodes ------------------------------------------------------------
 
 
