@@ -18,8 +18,8 @@ from collections import Counter
 RULES = [
     ("commands: store (Store.get/_touch/apply, HLC)", lambda s, leaf: "Node.execute" in s and ("Store." in s or "HLC." in s)),
     ("commands: dispatch and argument checks", lambda s, leaf: "Node.execute" in s),
-    ("codec: decode request (parse_request)", lambda s, leaf: "parse_request" in s),
-    ("codec: encode response (Encoder)", lambda s, leaf: "Encoder." in s or "encode_ok" in s or leaf.startswith("frame (protocol/codec.py")),
+    ("codec: decode request (decode_request)", lambda s, leaf: "decode_request" in s or "_bad_request" in s),
+    ("codec: encode response (Encoder)", lambda s, leaf: "Encoder." in s or leaf.startswith("frame (protocol/codec.py")),
     ("codec: framing (FrameDecoder)", lambda s, leaf: "FrameDecoder" in s),
     ("kernel: send() on the socket", lambda s, leaf: leaf in NODE_SEND_LINES or (_is_syscall_line(leaf) and "send_all" in s)),
     ("kernel: recv() on the socket", lambda s, leaf: leaf in NODE_RECV_LINES or _is_syscall_line(leaf)),

@@ -12,7 +12,9 @@ A connection has one deadline at a time:
 
 A frame that completes goes back under the idle deadline before it is
 answered, so a slow reader of a large answer gets ``idle_timeout``. The server
-copies ``deadline`` into the connection's cancel scope after each call.
+copies ``deadline`` into the connection's cancel scope after each call (and
+skips calls that cannot change it), and lifts the deadline while a lock is
+waited for, which has a limit of its own.
 """
 
 from __future__ import annotations

@@ -2,10 +2,12 @@
 
 One task per connection reads frames, runs each request in order and writes
 the answers in the same order; every request complete in one read is answered
-with one write, so pipelined clients pay one system call per batch. A lock
-that has to be waited for is the only request that suspends; while it waits
-the connection is still read, so a client that goes away stops waiting (and
-hands back a lock granted to it) at once.
+with one write, so pipelined clients pay one system call per batch. A request
+suspends the connection only when it waits: for a lock (while it waits the
+connection is still read, so a client that goes away stops waiting and hands
+back a lock granted to it at once), or, in a farm, for the member it was
+forwarded to or for the node to join the farm. A member's connection is
+answered out of order instead, except for a waiting lock.
 
 Timeouts cost nothing per request: each connection has one cancel scope whose
 deadline ``node/deadlines.py`` decides (the idle deadline, moved only when it

@@ -126,30 +126,18 @@ def encode_frame(obj: Any) -> bytes:
 # Requests (server side parses, client side encodes)
 
 
-@dataclass(slots=True)
-class Request:
-    id: int
-    cmd: int
-    args: list
-
-
 def encode_request(request_id: int, cmd: int, args: list | tuple) -> bytes:
     return encode_frame([request_id, int(cmd), list(args)])
 
 
-def parse_request(body: bytes) -> Request:
-    """Parses one frame body as a request.
+def decode_request(body: bytes) -> tuple[int, int, list]:
+    """Parses one frame body as a request: ``(id, cmd, args)``.
 
     Byte strings arrive as ``bytes`` whether the peer sent MessagePack *str* or
     *bin* (``raw=True``): keys, names and values are binary-safe and no decoding
     error can happen here. Raises ``ProtocolError(BADHDR)``, carrying the request
     id when one could be read, for anything that is not ``[id, cmd, args]``.
     """
-    return Request(*decode_request(body))
-
-
-def decode_request(body: bytes) -> tuple[int, int, list]:
-    """``parse_request`` as a tuple ``(id, cmd, args)``: the server's hot path."""
     try:
         msg = _unpackb(body, raw=True, strict_map_key=False, use_list=True)
     except msgpack.ExtraData as exc:

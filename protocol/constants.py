@@ -52,7 +52,7 @@ class Cmd(enum.IntEnum):
     ROUTES = 1103  # who owns which partition: lets a client send requests straight to owners
     # Between members of a farm (see docs/cluster.md); clients never send these.
     FWD = 1200  # [hops, cmd, args]: run a request forwarded by another member
-    HANDOFF = 1201  # [[session state, ...], [partition, ...]]: sessions moving to their new owner
+    HANDOFF = 1201  # [[session state, ...]]: sessions moving to their new owner
     TAKE = 1202  # [sid]: the new owner asks the previous one for a session it still holds
 
 

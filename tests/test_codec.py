@@ -10,7 +10,7 @@ from protocol.codec import (
     Encoder,
     encode_frame,
     encode_request,
-    parse_request,
+    decode_request,
     parse_response,
 )
 from protocol.constants import Cmd, Err
@@ -65,16 +65,15 @@ def test_many_small_frames_compact_the_buffer():
     assert decoder.pending == 0
 
 
-def test_parse_request_accepts_str_and_bin_as_bytes():
+def test_decode_request_accepts_str_and_bin_as_bytes():
     body = msgpack.packb([7, Cmd.SETVAL, ["sid", b"name", b"\xff\x00"]], use_bin_type=True)
-    req = parse_request(body)
-    assert (req.id, req.cmd, req.args) == (7, Cmd.SETVAL, [b"sid", b"name", b"\xff\x00"])
+    assert decode_request(body) == (7, Cmd.SETVAL, [b"sid", b"name", b"\xff\x00"])
 
 
-def test_parse_request_invalid_utf8_in_str_type_is_kept_as_bytes():
+def test_decode_request_invalid_utf8_in_str_type_is_kept_as_bytes():
     # 0xa2 = fixstr of length 2, followed by bytes that are not UTF-8.
     body = b"\x93\x01\x03\x91\xa2\xff\xfe"
-    assert parse_request(body).args == [b"\xff\xfe"]
+    assert decode_request(body)[2] == [b"\xff\xfe"]
 
 
 @pytest.mark.parametrize(
@@ -90,17 +89,17 @@ def test_parse_request_invalid_utf8_in_str_type_is_kept_as_bytes():
         ([1, 2.5, []], 1),
     ],
 )
-def test_parse_request_rejects_wrong_shapes(obj, rid):
+def test_decode_request_rejects_wrong_shapes(obj, rid):
     with pytest.raises(ProtocolError) as exc:
-        parse_request(msgpack.packb(obj))
+        decode_request(msgpack.packb(obj))
     assert exc.value.code == Err.BADHDR
     assert exc.value.request_id == rid
 
 
 @given(st.binary(max_size=200))
-def test_parse_request_never_raises_anything_but_protocol_error(body):
+def test_decode_request_never_raises_anything_but_protocol_error(body):
     try:
-        parse_request(body)
+        decode_request(body)
     except ProtocolError as exc:
         assert exc.code == Err.BADHDR
 
@@ -110,7 +109,7 @@ def test_client_protocol_numbers_requests_and_parses_answers():
     rid1, data1 = proto.request(Cmd.PING, [])
     rid2, _ = proto.request(Cmd.COUNT, [])
     assert rid2 == rid1 + 1
-    assert parse_request(data1[4:]).cmd == Cmd.PING
+    assert decode_request(data1[4:])[1] == Cmd.PING
     answers = Encoder().ok(rid1, b"PONG") + Encoder().error(rid2, Err.NOSESSION, "no such session")
     first, second = proto.feed(answers[:5]) + proto.feed(answers[5:])
     assert first.ok and first.value == b"PONG" and first.id == rid1
