@@ -471,8 +471,8 @@ class Server:
         hear of it.
 
         The connection's own task waits, in one cancel scope: it reads ahead
-        (as ``_watch_eof`` does) and the grant cancels the scope, whose
-        deadline is the wait's limit. No nursery, no second task, no Event.
+        (``_watch_eof``) and the grant cancels the scope, whose deadline is the
+        wait's limit. No nursery, no second task, no Event.
         """
         waiter = lw.waiter
         scope = trio.CancelScope()
@@ -488,17 +488,8 @@ class Server:
                 # would cancel both scopes at once and the client would get the idle
                 # TIMEOUT instead of LOCKED (test_a_stalled_loop_...).
                 conn.scope.deadline = math.inf
-                decoder = conn.decoder
-                max_frame = self.config.max_frame
                 with scope:
-                    while decoder.pending <= max_frame:
-                        data = await conn.recv()
-                        if not data:
-                            conn.eof = left = True
-                            break
-                        decoder.feed(data)
-                    else:
-                        await trio.sleep_forever()  # a frame's worth is buffered: read no further
+                    left = await self._watch_eof(conn)
             if left:
                 return None
             if not waiter.key:
