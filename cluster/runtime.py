@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import random
 import socket
-import struct
 import sys
 from array import array
 from typing import Any, Awaitable, Callable
@@ -41,6 +40,7 @@ from node.config import Config
 from node.logs import RateLimitedLog
 from node.store import random_id
 from protocol.client import _NOT_IDEMPOTENT, _lock_wait, _waits
+from protocol.codec import FrameDecoder, ProtocolError, frame
 from protocol.constants import Cmd, error_name
 
 from . import handoff, router
@@ -58,7 +58,6 @@ JOIN_GRACE = 5.0  # seconds a starting node with seeds waits to join before serv
 SETTLE_TIME = 3.0  # seconds a client's request may wait for the farm's view to settle
 STREAM_TIMEOUT = 5.0  # a push-pull exchange
 UDP_READ = 65536
-_LEN = struct.Struct(">I")
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -257,9 +256,9 @@ class Cluster:
             with trio.fail_after(STREAM_TIMEOUT):
                 stream = await trio.open_tcp_stream(*item.dest)
                 async with stream:
-                    await stream.send_all(_LEN.pack(len(item.data)) + item.data)
+                    await stream.send_all(frame(item.data))
                     reply = await _read_frame(stream, self.gossip.max_stream)
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError):
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError, ProtocolError):
             reply = None
         m.stream_reply(item.dest, reply, trio.current_time(), item.join)
         self._after()
@@ -275,8 +274,8 @@ class Cluster:
                 data = await _read_frame(stream, self.gossip.max_stream)
                 reply = m.stream_request(data, peer, trio.current_time())
                 self._after()
-                await stream.send_all(_LEN.pack(len(reply)) + reply)
-        except _Oversize as exc:
+                await stream.send_all(frame(reply))
+        except ProtocolError as exc:  # a length over max_stream
             m.counters["oversize"] += 1
             self._log.info("gossip: push-pull from a peer dropped: %s", exc)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError) as exc:
@@ -774,27 +773,16 @@ async def _value(value: Any) -> Any:
     return value
 
 
-class _Oversize(ValueError):
-    pass
-
-
 async def _read_frame(stream: trio.SocketStream, limit: int) -> bytes:
-    buf = bytearray()
-    need = _LEN.size
-    size = None
-    while True:
-        while len(buf) < need:
-            chunk = await stream.receive_some(min(65536, max(need - len(buf), 4096)))
-            if not chunk:
-                raise ValueError("connection closed mid-frame")
-            buf += chunk
-        if size is None:
-            (size,) = _LEN.unpack(buf[:4])
-            if size > limit:
-                raise _Oversize(f"push-pull frame of {size} bytes is over the limit of {limit}")
-            need = 4 + size
-            continue
-        return bytes(buf[4:need])
+    """One push-pull frame: protocol/codec.py's framing, at most ``limit`` bytes
+    (``ProtocolError`` above it; ``ValueError`` if the peer closes mid-frame)."""
+    decoder = FrameDecoder(limit)
+    while (body := decoder.next_frame()) is None:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            raise ValueError("connection closed mid-frame")
+        decoder.feed(chunk)
+    return body
 
 
 def _this_host() -> str:
