@@ -61,9 +61,14 @@ def moves(sids: Iterable[bytes], ring: Ring, me: str) -> dict[str, list[bytes]]:
     return out
 
 
+def _var_cost(name: bytes, value: bytes) -> int:
+    """About the encoded size of one variable in a session's state, in bytes."""
+    return len(name) + len(value) + 16
+
+
 def state_size(sid: bytes, classname: bytes, data: bytes, variables: dict) -> int:
     """About the encoded size of a session's state, in bytes."""
-    return 64 + len(sid) + len(classname) + len(data) + sum(len(n) + len(v) + 16 for n, (v, _) in variables.items())
+    return 64 + len(sid) + len(classname) + len(data) + sum(_var_cost(n, v) for n, (v, _) in variables.items())
 
 
 def batches(sized: list[tuple[bytes, int]], budget: int) -> list[list[bytes]]:
@@ -88,7 +93,7 @@ def split(state: list, budget: int) -> list[list]:
     sid, classname, data, data_version, variables, ctime, atime, timeout = state
     parts, chunk, size = [], [], len(data)
     for var in variables:
-        cost = len(var[0]) + len(var[1]) + 16
+        cost = _var_cost(var[0], var[1])
         if chunk and size + cost > budget:
             parts.append(chunk)
             chunk, size = [], 0
