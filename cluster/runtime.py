@@ -39,7 +39,7 @@ from node.commands import RUN_LOCAL, CommandError, Node, routes_map, status_map
 from node.config import Config
 from node.logs import RateLimitedLog
 from node.store import random_id
-from protocol.client import _NOT_IDEMPOTENT, _lock_wait, _waits
+from protocol.client import NOT_IDEMPOTENT, lock_wait, lock_may_wait
 from protocol.codec import FrameDecoder, ProtocolError, frame
 from protocol.constants import Cmd, error_name
 
@@ -408,13 +408,13 @@ class Cluster:
         addr = self._member_addr(name)
         if addr is None:
             raise CommandError("UNAVAILABLE", f"member {name} has no known address")
-        if cmd == Cmd.FWD and _waits(args[1], args[2]):
+        if cmd == Cmd.FWD and lock_may_wait(args[1], args[2]):
             # A lock that may wait holds its connection until granted: it gets
             # one of its own, closed after, so that if our client goes away
             # (and we are cancelled) the owner drops the waiter at once.
             link = PeerLink(addr, self._nursery)
             try:
-                return await self._over(link, name, cmd, args, timeout + _lock_wait(args[1], args[2]), inner)
+                return await self._over(link, name, cmd, args, timeout + lock_wait(args[1], args[2]), inner)
             finally:
                 link.close()
         link = self._links.get(name)
@@ -435,7 +435,7 @@ class Cluster:
 
     def _unreachable(self, name: str, cmd: int, message: str, sent: bool) -> CommandError:
         self.counters["forward_errors"] += 1
-        maybe = " (it may have run)" if sent and cmd in _NOT_IDEMPOTENT else ""
+        maybe = " (it may have run)" if sent and cmd in NOT_IDEMPOTENT else ""
         return CommandError("UNAVAILABLE", f"member {name} could not be reached{maybe}: {message}")
 
     def release_lock(self, args: Any, key: int) -> None:

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import outcome
 import trio
 
+from protocol.client import lock_may_wait
 from protocol.codec import Encoder, FrameDecoder, ProtocolError, decode_request
 from protocol.constants import Cmd, Err
 
@@ -335,8 +336,8 @@ class Server:
                     if cmd == _FWD:
                         cmd, args, hops = _unwrap(args)
                     step = cluster.route(cmd, args, hops)
-                if step is not None and conn.send_lock is not None and cmd != _SLOCK:
-                    # (A lock may wait: members send those on a link of their own, answered in line.)
+                if step is not None and conn.send_lock is not None and not lock_may_wait(cmd, args):
+                    # (A lock that may wait comes on a link of its own, as Cluster.call sends it: in line.)
                     self._nursery.start_soon(self._answer_later, conn, rid, cmd, args, step)
                     continue
                 if step is not None:
@@ -399,7 +400,7 @@ class Server:
             try:
                 result = await step()
                 if result is RUN_LOCAL:
-                    result = self.node.execute(cmd, args, self.clock())  # never a LockWait: not SLOCK
+                    result = self.node.execute(cmd, args, self.clock())  # never a LockWait: no SLOCK that may wait
                 answer = self._encoder.ok(rid, result)
             except Exception as exc:
                 answer = self._failed(rid, cmd, exc)

@@ -36,7 +36,7 @@ from .constants import DEFAULT_MAX_FRAME, DEFAULT_PORT, PROTOCOL_VERSION, Cmd, C
 
 __all__ = ["Client", "AsyncClient", "MsessionError", "parse_node"]
 
-_NOT_IDEMPOTENT = frozenset({Cmd.CREATE, Cmd.INC, Cmd.UNIQ, Cmd.SLOCK, Cmd.SUNLOCK, Cmd.PLUGIN, Cmd.CALL, Cmd.FWD, Cmd.HANDOFF, Cmd.TAKE})
+NOT_IDEMPOTENT = frozenset({Cmd.CREATE, Cmd.INC, Cmd.UNIQ, Cmd.SLOCK, Cmd.SUNLOCK, Cmd.PLUGIN, Cmd.CALL, Cmd.FWD, Cmd.HANDOFF, Cmd.TAKE})
 DEFAULT_MAX_ANSWER = 256 * 1024 * 1024  # LIST of a million sessions is ~40 MB
 _SEND_LIMIT = 30.0  # seconds a started send may take, even when its caller is cancelled
 _CONCURRENT_SEND = 64 * 1024  # batches above this are sent while answers are read
@@ -269,14 +269,14 @@ class _Attempts:
     A request the node never ran (its connection closed while idle, or broke
     before our bytes went out) goes again, twice at most, to the same node.
     Otherwise each node is tried once, and a request that may have been applied
-    (``_NOT_IDEMPOTENT``) is not sent again at all.
+    (``NOT_IDEMPOTENT``) is not sent again at all.
     """
 
     SAME, NEXT = "same", "next"
 
     def __init__(self, requests: list[tuple[int, list]], nodes: int, request_timeout: float):
-        self.safe = not any(cmd in _NOT_IDEMPOTENT for cmd, _ in requests)
-        self.timeout = request_timeout + max(_lock_wait(cmd, args) for cmd, args in requests)
+        self.safe = not any(cmd in NOT_IDEMPOTENT for cmd, _ in requests)
+        self.timeout = request_timeout + max(lock_wait(cmd, args) for cmd, args in requests)
         self.nodes_left = nodes
         self.same_node_retries = 2
 
@@ -372,8 +372,9 @@ def _wait_ms(args: list) -> int | None:
         return 0  # the node refuses it (BADARG) without waiting
 
 
-def _lock_wait(cmd: int, args: list) -> float:
-    """Extra seconds a request may legitimately take on the server."""
+def lock_wait(cmd: int, args: list) -> float:
+    """Extra seconds a request may legitimately take on the server (an SLOCK's
+    wait). Clients and farm members forwarding requests use it."""
     if cmd == Cmd.SLOCK:
         wait = _wait_ms(args)
         return 300.0 if wait is None else max(0, wait) / 1000.0
@@ -564,8 +565,9 @@ class _Slot:
         self.response: Response | None = None
 
 
-def _waits(cmd: int, args: list) -> bool:
-    """An SLOCK that may wait: it holds back every later answer on its connection."""
+def lock_may_wait(cmd: int, args: list) -> bool:
+    """An SLOCK that may wait: it holds back every later answer on its connection
+    (so clients and farm members give it a connection of its own)."""
     if cmd != Cmd.SLOCK:
         return False
     wait = _wait_ms(args)
@@ -632,7 +634,7 @@ class _AsyncConn:
             for rid, _ in slots:
                 self.slots.pop(rid, None)
             cancelled = isinstance(exc, trio.Cancelled)
-            waiting_lock = any(_waits(cmd, args) for cmd, args in requests) and unanswered
+            waiting_lock = any(lock_may_wait(cmd, args) for cmd, args in requests) and unanswered
             if not cancelled or phase == "sending" or waiting_lock:
                 # Out of step (half a request sent, a broken read), or a lock
                 # the node might grant us after we stopped listening.
@@ -746,7 +748,7 @@ class AsyncClient(_ClientBase):
         attempts = _Attempts(requests, len(self.nodes), self.request_timeout)
         # A batch with a lock that may wait goes over a connection of its own:
         # while it waits, its connection answers nothing else.
-        own = any(_waits(cmd, args) for cmd, args in requests)
+        own = any(lock_may_wait(cmd, args) for cmd, args in requests)
         while True:
             generation = self._generation
             conn = await (self._lock_conn() if own else self._shared())

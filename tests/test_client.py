@@ -529,15 +529,17 @@ async def test_cancelling_a_big_pipeline_leaves_other_tasks_alone(nursery):
 
         async with trio.open_nursery() as n:
             n.start_soon(incs)
-            for _ in range(20):
+            for i in range(400):  # bounded: until a few pipelines were really cancelled
                 p = c.pipeline()
                 for _ in range(4):
                     p.getdata("s")
                     p.setdata("s", b"e" * 30_000)
-                with trio.move_on_after(0.001) as cs:
+                with trio.move_on_after(0.0002 * (1 + i % 10)) as cs:  # cut at varying points
                     await p.execute()
                 counts["cancelled"] += cs.cancelled_caught
-        assert counts["cancelled"] >= 1, "the case under test: a pipeline cancelled mid-way"
+                if i >= 19 and counts["cancelled"] >= 3:
+                    break
+        assert counts["cancelled"] >= 3, "the case under test: pipelines cancelled mid-way"
         assert counts["ok"] == 200
         assert await c.get("s", "n") == b"200"
 
