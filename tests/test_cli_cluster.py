@@ -20,7 +20,7 @@ from node.farm import die_with_parent
 from node import cli
 from node import config as config_mod
 from node import farm
-from procs import ROOT, NodeProcess, free_port
+from procs import ROOT, NodeProcess, free_port, wait_for
 from test_cli import run
 
 
@@ -336,10 +336,7 @@ def test_farm_of_three_starts_reports_and_stops(tmp_path):
 
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(30) == 0, log_path.read_text()
-        deadline = time.monotonic() + 10
-        while not all(_gone(pid) for pid in pids.values()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert all(_gone(pid) for pid in pids.values()), pids
+        wait_for(lambda: all(_gone(pid) for pid in pids.values()), 10, f"the farm's nodes gone ({pids})")
         log_text = log_path.read_text()
         assert "received SIGTERM: stopping 3 nodes" in log_text and "all nodes stopped" in log_text
         assert re.search(r"^node2: .*msession listening on", log_text, re.M)  # children's stderr, prefixed

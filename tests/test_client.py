@@ -2,7 +2,6 @@
 
 import os
 import socket
-import time
 import uuid
 
 import pytest
@@ -10,7 +9,7 @@ import trio
 
 from conftest import start_server
 from protocol.client import AsyncClient, Client, MsessionError, parse_node
-from procs import NodeProcess, wait_until
+from procs import NodeProcess, wait_for, wait_until
 
 
 def sid():
@@ -231,10 +230,8 @@ def test_non_idempotent_request_is_not_replayed_on_failure():
 
             t = threading.Thread(target=lock)
             t.start()
-            deadline = time.monotonic() + 5
-            while holder.info()["lock_waiters"] != 1 and time.monotonic() < deadline:
-                time.sleep(0.01)  # until the lock request waits at a
-            assert holder.info()["lock_waiters"] == 1 and c.node[1] == a.port
+            wait_for(lambda: holder.info()["lock_waiters"] == 1, 5, "the lock request waiting at a")
+            assert c.node[1] == a.port
             a.stop(signal.SIGKILL)
             t.join(10)
             assert outcome == {"error": "BADCONN"}
@@ -253,10 +250,7 @@ def test_a_connection_the_node_closed_while_idle_is_replaced_transparently():
         with Client(port=node.port) as c:
             c.create("s")
             first = c._conn
-            deadline = time.monotonic() + 5
-            while not first.stale() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert first.stale()
+            wait_for(first.stale, 5, "the node closing the idle connection")
             assert c.inc("s", "n") == 1
             assert c._conn is not first
     finally:

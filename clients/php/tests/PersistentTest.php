@@ -185,13 +185,13 @@ final class PersistentTest extends TestCase
         $nodes = msession_test_nodes();
         $c = new Client($nodes, ['persistent' => true]);
         $c->ping();
-        $sock = (new ReflectionProperty(Client::class, 'sock'))->getValue($c);
+        $sock = self::socketOf($c);
         (new ReflectionProperty(Client::class, 'inFlight'))->setValue([(int)$sock => $sock]);
         $before = self::localName($c);
         $c2 = new Client($nodes, ['persistent' => true]);
         $c2->ping();
         $this->assertNotSame($before, self::localName($c2), 'a socket left mid-exchange is replaced');
-        $sock2 = (new ReflectionProperty(Client::class, 'sock'))->getValue($c2);
+        $sock2 = self::socketOf($c2);
         (new ReflectionProperty(Client::class, 'inFlight'))->setValue([(int)$sock2 => $sock2]);
         Client::closeAbandoned();
         $this->assertFalse(is_resource($sock2));
