@@ -36,7 +36,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from node.commands import RUN_LOCAL, CommandError, Node, routes_map, status_map
-from node.config import Config
+from node.config import Config, parse_seed
 from node.logs import RateLimitedLog
 from node.store import random_id
 from protocol.client import NOT_IDEMPOTENT, lock_wait, lock_may_wait
@@ -58,11 +58,6 @@ JOIN_GRACE = 5.0  # seconds a starting node with seeds waits to join before serv
 SETTLE_TIME = 3.0  # seconds a client's request may wait for the farm's view to settle
 STREAM_TIMEOUT = 5.0  # a push-pull exchange
 UDP_READ = 65536
-
-
-def _addr(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class Cluster:
@@ -144,7 +139,7 @@ class Cluster:
         seeds = []
         for spec in self.config.seeds:
             try:
-                addr = _addr(spec)
+                addr = parse_seed(spec)
                 infos = await trio.socket.getaddrinfo(addr[0], addr[1], type=socket.SOCK_DGRAM)
                 seeds.append((infos[0][4][0], addr[1]))
             except (OSError, ValueError) as exc:

@@ -67,9 +67,10 @@ class Config:
         if len(self.name) > 128 or any(c.isspace() for c in self.name):
             raise ConfigError(f"name must be at most 128 characters without spaces, not {self.name!r}")
         for seed in self.seeds:
-            host, sep, port = seed.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-                raise ConfigError(f"seed {seed!r} must be host:port (a member's gossip address)")
+            try:
+                parse_seed(seed)
+            except ValueError:
+                raise ConfigError(f"seed {seed!r} must be host:port (a member's gossip address)") from None
         if self.lock_wait < 0 or self.max_lock_wait < 0:
             raise ConfigError("lock_wait and max_lock_wait must not be negative")
         for value, limit in (
@@ -83,6 +84,17 @@ class Config:
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
         return self
+
+
+def parse_seed(text: str) -> tuple[str, int]:
+    """A seed's ``host:port`` as ``(host, port)``: an IPv6 host may be
+    bracketed (``[::1]:7946`` gives ``::1``), the port is 1..65535. ValueError
+    for anything else. Config validation and the cluster's resolver both use it."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
+        raise ValueError(f"seed {text!r} is not host:port")
+    return host, int(port)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
