@@ -16,7 +16,8 @@ use function array_key_exists, array_slice, count, in_array, is_array, is_int, i
  *
  * Given several nodes, it connects to the first that answers (HELLO checks
  * the protocol version) and fails over to the next when a node fails. The
- * retry policy is protocol/client.py's (_Attempts), plus BUSY answers:
+ * retry policy is protocol/client.py's (_Attempts; here afterFailure()),
+ * plus BUSY answers (busyTail()):
  *  - a request the node never ran (BUSY or TIMEOUT answered before any of ours,
  *    or the connection broke before a byte went out) is sent again: to the same
  *    node twice at most on TIMEOUT/BADCONN, else to the next node;
@@ -418,15 +419,16 @@ final class Client
             if ($this->attach($owner, $error)) {
                 try {
                     return $this->roundTrip($requests, $timeout);
-                } catch (NotExecuted $e) {
-                    $this->drop();  // it did not run: the nodes get it
-                } catch (ConnectionFailed $e) {
+                } catch (NotExecuted | ConnectionFailed | MsessionException $e) {
                     $this->drop();
-                    $this->ownerDown($owner);
-                    self::replayOrFail($e, $requests);  // may have run: the nodes get it only if idempotent
-                } catch (MsessionException $e) {
-                    $this->drop();
-                    throw $e;
+                    if ($e instanceof ConnectionFailed) {
+                        $this->ownerDown($owner);  // (not when it answered that it did not run the batch)
+                    }
+                    // The owner is not tried again: the nodes get the batch, unless afterFailure() throws
+                    // (it may have run and is not idempotent, or a connection-level error answer).
+                    $nodesLeft = count($this->nodes) + 1;
+                    $sameNodeRetries = 0;
+                    self::afterFailure($e, $requests, $nodesLeft, $sameNodeRetries);
                 }
             } else {
                 $this->ownerDown($owner);
@@ -444,28 +446,55 @@ final class Client
             $this->connect();
             try {
                 return $this->roundTrip($requests, $timeout);
-            } catch (NotExecuted $e) {
-                $this->drop();
-                if (in_array($e->error->getErrorName(), ['TIMEOUT', 'BADCONN'], true) && $sameNodeRetries > 0) {
-                    $sameNodeRetries--;
-                    continue;
+            } catch (NotExecuted | ConnectionFailed | MsessionException $e) {
+                $this->drop();  // (a connection-level error answer too: the node closes the connection)
+                if (!self::afterFailure($e, $requests, $nodesLeft, $sameNodeRetries)) {
+                    $this->failedOver();
                 }
-                if (--$nodesLeft <= 0) {
-                    throw $e->error;
-                }
-                $this->failedOver();
-            } catch (ConnectionFailed $e) {
-                $this->drop();
-                self::replayOrFail($e, $requests);
-                if (--$nodesLeft <= 0) {
-                    throw new MsessionException('BADCONN', 'request failed on every node: ' . $e->getMessage());
-                }
-                $this->failedOver();
-            } catch (MsessionException $e) {
-                $this->drop();  // a connection-level error answer: the node closes it
-                throw $e;
             }
         }
+    }
+
+    /**
+     * After an exchange of $requests failed with $e, what next: true, the
+     * same node again; false, the next node; or it throws the error for the
+     * caller. The failover decision of both paths (owner and nodes), as
+     * protocol/client.py's _Attempts.failed(); no I/O, and called only when
+     * an exchange failed.
+     *  - NotExecuted (the node ran none of the batch): TIMEOUT or BADCONN (it
+     *    closed the connection before our bytes went out) goes to the same
+     *    node again while $sameNodeRetries lasts; otherwise to the next node,
+     *    and the node's error when none is left;
+     *  - ConnectionFailed (the batch may have run): to the next node only if
+     *    every command is idempotent, else BADCONN; BADCONN when none is left;
+     *  - MsessionException (a connection-level error answer): thrown as is.
+     * $nodesLeft counts the nodes still to try, this one included: moving
+     * on uses one.
+     * @internal public for its unit test
+     */
+    public static function afterFailure(\Exception $e, array $requests, int &$nodesLeft, int &$sameNodeRetries): bool
+    {
+        if ($e instanceof NotExecuted) {
+            $name = $e->error->getErrorName();
+            if (($name === 'TIMEOUT' || $name === 'BADCONN') && $sameNodeRetries > 0) {
+                $sameNodeRetries--;
+                return true;
+            }
+            if (--$nodesLeft <= 0) {
+                throw $e->error;
+            }
+            return false;
+        }
+        if (!$e instanceof ConnectionFailed) {
+            throw $e;
+        }
+        if (!self::idempotent($requests)) {
+            throw new MsessionException('BADCONN', 'node failed during a request that may have been applied: ' . $e->getMessage());
+        }
+        if (--$nodesLeft <= 0) {
+            throw new MsessionException('BADCONN', 'request failed on every node: ' . $e->getMessage());
+        }
+        return false;
     }
 
     /**
@@ -514,18 +543,6 @@ final class Client
         $this->down[$owner] = true;
         $this->routeKey ??= Routes::key($this->targets);
         Routes::store($this->routeKey, Routes::fromAnswer(null, $this->routeTtl));
-    }
-
-    /**
-     * The no-replay rule: a batch that may have run on a connection that
-     * failed is sent again (elsewhere) only if every command is idempotent;
-     * else BADCONN.
-     */
-    private static function replayOrFail(ConnectionFailed $e, array $requests): void
-    {
-        if (!self::idempotent($requests)) {
-            throw new MsessionException('BADCONN', 'node failed during a request that may have been applied: ' . $e->getMessage());
-        }
     }
 
     private function failedOver(): void

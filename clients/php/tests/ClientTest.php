@@ -2,8 +2,10 @@
 declare(strict_types=1);
 
 use Msession\Client;
+use Msession\ConnectionFailed;
 use Msession\Map;
 use Msession\MsessionException;
+use Msession\NotExecuted;
 use Msession\Protocol;
 use PHPUnit\Framework\TestCase;
 
@@ -158,6 +160,74 @@ final class ClientTest extends TestCase
         } finally {
             msession_fake_stop($proc);
         }
+    }
+
+    /**
+     * Client::afterFailure($e, $requests, $nodesLeft, $sameNodeRetries): the
+     * failover decision alone, with no node. Returns [what, nodes left, same-node
+     * retries left]; what is 'same', 'next' or the error name it threw.
+     */
+    private static function decide(\Exception $e, array $requests, int $nodesLeft, int $retries): array
+    {
+        try {
+            $what = Client::afterFailure($e, $requests, $nodesLeft, $retries) ? 'same' : 'next';
+        } catch (MsessionException $thrown) {
+            $what = $thrown->getErrorName() . ': ' . $thrown->getDetail();
+        }
+        return [$what, $nodesLeft, $retries];
+    }
+
+    public function testTheFailoverDecision(): void
+    {
+        $get = [[Protocol::GETVAL, ['s', 'k']], [Protocol::GETALL, ['s']]];
+        $notRun = fn(string $name) => new NotExecuted(new MsessionException($name, 'x'));
+        $broke = new ConnectionFailed('connection closed by the node');
+
+        // not run, TIMEOUT or BADCONN: the same node twice, then the next ones, then the node's error
+        foreach (['TIMEOUT', 'BADCONN'] as $name) {
+            $this->assertSame(['same', 3, 1], self::decide($notRun($name), $get, 3, 2));
+            $this->assertSame(['same', 3, 0], self::decide($notRun($name), $get, 3, 1));
+            $this->assertSame(['next', 2, 0], self::decide($notRun($name), $get, 3, 0));
+            $this->assertSame(["$name: x", 0, 0], self::decide($notRun($name), $get, 1, 0));
+        }
+        // not run, other errors (BUSY): the next node at once, retries untouched; none left: BUSY
+        $this->assertSame(['next', 1, 2], self::decide($notRun('BUSY'), $get, 2, 2));
+        $this->assertSame(['BUSY: x', 0, 2], self::decide($notRun('BUSY'), $get, 1, 2));
+        // a batch that did not run may go again even if not idempotent
+        $this->assertSame(['same', 2, 1], self::decide($notRun('TIMEOUT'), [[Protocol::INC, ['s', 'n', 1]]], 2, 2));
+        $this->assertSame(['next', 1, 2], self::decide($notRun('BUSY'), [[Protocol::CREATE, ['s']]], 2, 2));
+
+        // may have run, idempotent: the next node (never the same one), BADCONN when none is left
+        $this->assertSame(['next', 1, 2], self::decide($broke, $get, 2, 2));
+        $this->assertSame(['BADCONN: request failed on every node: connection closed by the node', 0, 2],
+            self::decide($broke, $get, 1, 2));
+        // may have run, not idempotent (any one command of the batch): BADCONN, nothing used up
+        foreach (array_keys(Protocol::NOT_IDEMPOTENT) as $cmd) {
+            $batch = [[Protocol::GETVAL, ['s', 'k']], [$cmd, ['s']]];
+            $this->assertSame(
+                ['BADCONN: node failed during a request that may have been applied: connection closed by the node', 3, 2],
+                self::decide($broke, $batch, 3, 2), "command $cmd");
+        }
+
+        // a connection-level error answer: thrown as is, whatever is left
+        $answer = new MsessionException('BADVER', 'unsupported protocol version');
+        $left = 3;
+        $retries = 2;
+        try {
+            Client::afterFailure($answer, $get, $left, $retries);
+            $this->fail('not thrown');
+        } catch (MsessionException $e) {
+            $this->assertSame($answer, $e);
+            $this->assertSame([3, 2], [$left, $retries]);
+        }
+
+        // the owner path's call: never the owner again, the nodes next unless the batch may have run
+        $nodes = 3;
+        foreach ([$notRun('TIMEOUT'), $notRun('BUSY'), $broke] as $e) {
+            $this->assertSame(['next', $nodes, 0], self::decide($e, $get, $nodes + 1, 0));
+        }
+        $this->assertStringStartsWith('BADCONN: node failed during a request that may have been applied',
+            self::decide($broke, [[Protocol::SLOCK, ['s', 0, 30000]]], $nodes + 1, 0)[0]);
     }
 
     public function testExchangeAnswersEveryRequestInPlace(): void
