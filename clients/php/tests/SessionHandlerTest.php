@@ -44,13 +44,12 @@ final class SessionHandlerTest extends TestCase
         return $res;
     }
 
-    /** Runs requests at the same time (each started $stagger ms after the previous). */
-    private function concurrently(array $reqs, array $ini = [], int $stagger = 0): array
+    /** Runs requests at the same time. */
+    private function concurrently(array $reqs, array $ini = []): array
     {
         $running = [];
         foreach ($reqs as $req) {
             $running[] = $this->start($req, $ini);
-            usleep($stagger * 1000);
         }
         return array_map(fn($r) => $this->finish($r), $running);
     }
@@ -174,10 +173,22 @@ final class SessionHandlerTest extends TestCase
     {
         $ini = ['msession.lock_lease' => '1', 'msession.lock_wait' => '5'];
         $sid = $this->request(['ops' => [['set', 'n', 0]]], $ini)['sid'];
-        [$slow, $fast] = $this->concurrently([
-            ['sid' => $sid, 'ops' => [['inc', 'n'], ['set', 'slow', 1], ['sleep', 1600]]],
-            ['sid' => $sid, 'ops' => [['inc', 'n'], ['set', 'fast', 1]]],
-        ], $ini, 200);
+        // The slow request first: it marks a file once session_start() has returned, holding the lock.
+        $mark = tempnam(sys_get_temp_dir(), 'msession-mark');
+        unlink($mark);
+        try {
+            $slow = $this->start(['sid' => $sid, 'ops' => [['mark', $mark], ['inc', 'n'], ['set', 'slow', 1], ['sleep', 1600]]], $ini);
+            msession_wait_until(function () use ($mark, $slow) {
+                clearstatcache(true, $mark);
+                return is_file($mark) || !proc_get_status($slow[0])['running'];
+            }, 20, 'the slow request to take the lock');
+            $this->assertFileExists($mark, 'the slow request ended without taking the lock');
+            $fast = $this->start(['sid' => $sid, 'ops' => [['inc', 'n'], ['set', 'fast', 1]]], $ini);
+            [$slow, $fast] = [$this->finish($slow), $this->finish($fast)];
+        } finally {
+            @unlink($mark);
+        }
+        $this->assertTrue($slow['started']);
         $this->assertStringContainsString('NOT saved', implode("\n", $slow['warnings']));
         $this->assertSame(1, $fast['session']['n']);  // got the lock when the slow one's lease ended
         $this->assertSame([], $fast['warnings']);

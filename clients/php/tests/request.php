@@ -1,7 +1,9 @@
 <?php
 // One "web request" for SessionHandlerTest, run as `php -d ... request.php JSON`.
 // JSON: {"sid": id or null, "ops": [["inc", k], ["set", k, v], ["unset", k],
-// ["sleep", ms], ["regenerate"], ["destroy"]], "read_and_close": bool}.
+// ["sleep", ms], ["mark", path], ["regenerate"], ["destroy"]], "read_and_close": bool}.
+// ["mark", path] creates the file path: a test waits for it (session_start() returned:
+// in lock mode, the lock is held).
 // Prints JSON: sid, the session's contents, handler calls, warnings, and
 // session_start's/session_write_close's results.
 require_once __DIR__ . '/../msession.php';
@@ -44,6 +46,7 @@ foreach ($req['ops'] ?? [] as $op) {
         case 'set': $_SESSION[$op[1]] = $op[2]; break;
         case 'unset': unset($_SESSION[$op[1]]); break;
         case 'sleep': usleep(1000 * $op[1]); break;
+        case 'mark': file_put_contents($op[1], 'started'); break;
         case 'regenerate': session_regenerate_id(); break;
         case 'destroy': session_destroy(); break;
     }
