@@ -20,7 +20,9 @@ import socket
 import trio
 
 from protocol.codec import ClientProtocol, ProtocolError, Response
-from protocol.constants import PROTOCOL_VERSION, Cmd
+from protocol.constants import Cmd
+
+from .messages import member_hello
 
 READ_SIZE = 262144
 MAX_ANSWER = 256 * 1024 * 1024
@@ -96,7 +98,7 @@ class PeerLink:
                 # Say we are a member (its answer is read and dropped): the
                 # member then allows our frames FWD's few bytes of envelope
                 # above max_frame. The first bytes on a new socket go out whole.
-                _rid, hello = proto.request(Cmd.HELLO, [PROTOCOL_VERSION, {"member": True}])
+                _rid, hello = proto.request(Cmd.HELLO, member_hello())
                 try:
                     sock.send(hello)
                 except OSError as exc:

@@ -43,7 +43,7 @@ from protocol.client import NOT_IDEMPOTENT, lock_wait, lock_may_wait
 from protocol.codec import FrameDecoder, ProtocolError, frame
 from protocol.constants import Cmd, error_name
 
-from . import handoff, router
+from . import handoff, messages, router
 from .link import LinkDown, PeerLink
 from .membership import GossipConfig, Membership, PushPull, SendPacket
 from .ring import Ring, partition_of, ring_for
@@ -395,21 +395,25 @@ class Cluster:
 
     async def forward(self, owner: str, hops: int, cmd: int, args: Any) -> Any:
         self.counters["forwarded"] += 1
-        return await self.call(owner, Cmd.FWD, [hops, cmd, args], self.config.forward_timeout, cmd)
+        # A lock that may wait holds its connection until granted: it gets one
+        # of its own, closed after, so that if our client goes away (and we
+        # are cancelled) the owner drops the waiter at once.
+        alone = lock_may_wait(cmd, args)
+        timeout = self.config.forward_timeout + lock_wait(cmd, args) if alone else self.config.forward_timeout
+        return await self.call(owner, Cmd.FWD, messages.fwd_args(hops, cmd, args), timeout, cmd, alone)
 
-    async def call(self, name: str, cmd: int, args: list, timeout: float, inner: int | None = None) -> Any:
-        """One request to another member over its shared link; its answer, or
-        CommandError with the member's error (or UNAVAILABLE)."""
+    async def call(self, name: str, cmd: int, args: list, timeout: float, inner: int | None = None,
+                   alone: bool = False) -> Any:
+        """One request to another member over its shared link (``alone``: over
+        a link of its own, closed after); its answer, or CommandError with the
+        member's error (or UNAVAILABLE)."""
         addr = self._member_addr(name)
         if addr is None:
             raise CommandError("UNAVAILABLE", f"member {name} has no known address")
-        if cmd == Cmd.FWD and lock_may_wait(args[1], args[2]):
-            # A lock that may wait holds its connection until granted: it gets
-            # one of its own, closed after, so that if our client goes away
-            # (and we are cancelled) the owner drops the waiter at once.
+        if alone:
             link = PeerLink(addr, self._nursery)
             try:
-                return await self._over(link, name, cmd, args, timeout + lock_wait(args[1], args[2]), inner)
+                return await self._over(link, name, cmd, args, timeout, inner)
             finally:
                 link.close()
         link = self._links.get(name)
