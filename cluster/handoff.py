@@ -3,7 +3,7 @@
 - ``Takeovers`` remembers which partitions came to this member from whom, for
   ``TAKE_WINDOW`` seconds after a change of ring: a request for a session we
   lack in such a partition first asks the previous owner (TAKE), since the
-  session may not have arrived yet.
+  session may not have arrived yet (``Takeovers.take_first``, the one rule).
 - ``moves`` says which held sessions go to which new owner; ``batches`` cuts
   them into requests that fit a frame; ``split`` cuts one session too big for
   a frame into parts that merge back into the whole (variables and data merge
@@ -15,9 +15,10 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
-from .ring import Ring, ring_for
+from .ring import Ring, partition_of, ring_for
+from .router import KEYED, session_of
 
 TAKE_WINDOW = 60.0  # seconds a new owner asks the previous one for sessions it lacks
 
@@ -49,6 +50,21 @@ class Takeovers:
 
     def previous_owner(self, partition: int, now: float) -> str | None:
         return self.previous.get(partition) if self.active(now) else None
+
+    def take_first(self, cmd: int, args: Any, now: float, held: Callable[[bytes], bool]) -> tuple[bytes, str] | None:
+        """For a request about to run here: ``(session, previous owner)`` when
+        it names a session whose partition came to us within ``TAKE_WINDOW``
+        and that we lack (``held(session)`` false), so the previous owner is
+        asked for it (TAKE) first; else None. ``held`` is asked only then."""
+        if cmd not in KEYED:
+            return None
+        sid = session_of(args)
+        if sid is None:
+            return None
+        previous = self.previous_owner(partition_of(sid), now)
+        if previous is None or held(sid):
+            return None
+        return sid, previous
 
 
 def moves(sids: Iterable[bytes], ring: Ring, me: str) -> dict[str, list[bytes]]:

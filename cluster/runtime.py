@@ -46,7 +46,7 @@ from protocol.constants import Cmd, error_name
 from . import handoff, messages, router
 from .link import LinkDown, PeerLink
 from .membership import GossipConfig, Membership, PushPull, SendPacket
-from .ring import Ring, partition_of, ring_for
+from .ring import Ring, ring_for
 
 log = logging.getLogger("msession.cluster")
 
@@ -325,13 +325,12 @@ class Cluster:
             return lambda: self._after_join(cmd, args)
         where, owner = router.plan(cmd, args, hops, self.ring, self.name)
         if where == router.LOCAL:
-            sid = router.session_of(args) if cmd in router.KEYED else None
-            previous = self._missing(sid) if sid is not None else None
-            if previous is not None:
-                if hops == 0:
-                    return lambda: self._settled(cmd, args, None)
-                return lambda: self._take_then_local(sid, previous)
-            return None
+            take = self._take_first(cmd, args)
+            if take is None:
+                return None
+            if hops == 0:
+                return lambda: self._settled(cmd, args, None)
+            return lambda: self._take_then_local(*take)
         if where == router.FORWARD:
             if hops == 0:
                 return lambda: self._settled(cmd, args, owner)
@@ -374,10 +373,9 @@ class Cluster:
         while True:
             try:
                 if owner is None:
-                    sid = router.session_of(args)
-                    previous = self._missing(sid) if sid is not None else None
-                    if previous is not None:
-                        await self._take(sid, previous)
+                    take = self._take_first(cmd, args)
+                    if take is not None:
+                        await self._take(*take)
                         where, owner = router.plan(cmd, args, 0, self.ring, self.name)
                         if where == router.FORWARD:
                             continue  # the view moved on while we fetched it
@@ -487,9 +485,9 @@ class Cluster:
             create = [sid, classname, data]
             try:
                 if owner is None or owner == self.name:
-                    previous = self._missing(sid)
-                    if previous is not None:
-                        await self._take(sid, previous)
+                    take = self._take_first(Cmd.CREATE, create)
+                    if take is not None:
+                        await self._take(*take)
                     self.node.execute(Cmd.CREATE, create, self.clock())
                 else:
                     await self.forward(owner, 1, Cmd.CREATE, create)
@@ -502,15 +500,19 @@ class Cluster:
 
     # -- handoff -------------------------------------------------------------
 
-    def _missing(self, sid: bytes) -> str | None:
-        """The previous owner to ask for a session we own but lack, if its
-        partition came to us within ``handoff.TAKE_WINDOW``; else None."""
-        previous = self._takeovers.previous_owner(partition_of(sid), trio.current_time())
-        if previous is None:
-            if not self._solo and not self._takeovers.previous:
-                self._refresh_fast_path()  # the window may just have closed
-            return None
-        return previous if self.node.store.get(sid, self.clock(), touch=False) is None else None
+    def _take_first(self, cmd: int, args: Any) -> tuple[bytes, str] | None:
+        """``Takeovers.take_first`` for a request about to run here, by our
+        clock and store: (session, member to ask for it first) or None."""
+        takeovers = self._takeovers
+        if not takeovers.previous:
+            return None  # nothing taken over (the usual case)
+        take = takeovers.take_first(cmd, args, trio.current_time(), self._holds)
+        if not takeovers.previous:
+            self._refresh_fast_path()  # the window has just closed: the fast path may apply again
+        return take
+
+    def _holds(self, sid: bytes) -> bool:
+        return self.node.store.get(sid, self.clock(), touch=False) is not None
 
     async def _take(self, sid: bytes, previous: str) -> None:
         """Fetches a session we now own from the member that held it.
