@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,9 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.servers import free_port  # noqa: E402,F401  (tests take it from here)
-from node.farm import converged, die_with_parent  # noqa: E402
-READY = re.compile(rb"msession listening on (\S+):(\d+)")
-GOSSIP = re.compile(rb"gossip on (\S+):(\d+) as (\S+)")
+from node.farm import NodeChild, converged, serve_args  # noqa: E402
+from node.farm import die_with_parent  # noqa: E402,F401  (tests take it from here)
 
 
 _live: "set[NodeProcess]" = set()
@@ -51,90 +46,35 @@ async def wait_until(predicate, timeout: float = 5.0) -> None:
             await trio.sleep(0.005)
 
 
-class NodeProcess:
-    """``msession serve`` in a child process, on a free loopback port."""
+class NodeProcess(NodeChild):
+    """``msession serve`` in a child process, on a free loopback port (node.farm's
+    launcher: it dies with the test run, even a SIGKILLed one). The constructor
+    returns once it listens; ``log`` holds all it wrote to stderr."""
 
-    def __init__(self, *args: str, env: dict | None = None):
-        gossip = [] if "--gossip-port" in args else ["--gossip-port", "0"]  # a farm of one by default
-        self.args = ["serve", "--bind", "127.0.0.1", "--port", "0", *gossip, *args]
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
-        full_env.update(env or {})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", *self.args],
-            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            preexec_fn=die_with_parent,  # even a SIGKILLed test run leaves no node behind
-        )
+    def __init__(self, *args: str, env: dict | None = None, timeout: float = 15.0):
+        # a farm of one by default
+        self.args = serve_args(gossip_port=None if "--gossip-port" in args else 0, extra=args)
+        super().__init__(self.args, env=env, cwd=ROOT)
         _live.add(self)
-        self.log = b""
-        self._closed = False
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-        self.host, self.port = self._wait_ready()
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        if not self.wait_ready(timeout):
+            self.stop()
+            raise RuntimeError(f"node did not start: {self.read_log()}")
 
     @property
     def gossip_address(self) -> str:
-        m = GOSSIP.search(self.read_log().encode())
-        if m is None:
+        if self.gossip is None:
             raise RuntimeError("this node has no gossip port (standalone)")
-        return f"{m.group(1).decode()}:{m.group(2).decode()}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _drain(self) -> None:
-        # Reads stderr for as long as the process lives, so a chatty node never
-        # blocks on a full pipe.
-        fd = self.proc.stderr.fileno()
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            with self._cond:
-                self.log += chunk
-                self._cond.notify_all()
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def _wait_ready(self, timeout: float = 15.0) -> tuple[str, int]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                m = READY.search(self.log)
-                if m:
-                    return m.group(1).decode(), int(m.group(2))
-                left = deadline - time.monotonic()
-                if self._closed or left <= 0:
-                    break
-                self._cond.wait(min(left, 0.1))
-        self.stop()
-        raise RuntimeError(f"node did not start: {self.log.decode(errors='replace')}")
+        return self.gossip
 
     def read_log(self) -> str:
-        with self._cond:
-            return self.log.decode(errors="replace")
+        return self.text()
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
-        self.proc.stderr.close()
-        _live.discard(self)
-        return self.proc.returncode
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        """``sig`` by PID, SIGKILL after ``timeout`` s; its exit status."""
+        try:
+            return super().stop(sig, timeout)
+        finally:
+            _live.discard(self)
 
 
 class Farm:
