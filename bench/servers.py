@@ -3,7 +3,9 @@
 Both run as our child processes, each in its own session (so a Ctrl-C at the
 terminal reaches only the bench, which then stops them in order) and with
 ``PR_SET_PDEATHSIG`` set, so that even a ``kill -9`` of the bench does not leave
-them running.
+them running. The msession node is started by node.farm's launcher
+(``NodeChild``), as ``msession farm`` and the tests start theirs; every server
+is stopped by node.farm's ``terminate``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from node.farm import READY
-from node.farm import die_with_parent
+from node.farm import NodeChild, die_with_parent, node_command, serve_args, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -71,9 +72,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 class _Child:
     name = "server"
 
-    def __init__(self):
+    def __init__(self, logfile: bool = True):
+        """``logfile``: a temporary file for the server's output (``self.logfile``,
+        read by ``log()``, removed by ``stop()``)."""
         self.proc: subprocess.Popen | None = None
-        self.logfile = tempfile.NamedTemporaryFile(prefix=f"bench-{self.name}-", suffix=".log", delete=False)
+        self.logfile = (tempfile.NamedTemporaryFile(prefix=f"bench-{self.name}-", suffix=".log", delete=False)
+                        if logfile else None)
         self.host = "127.0.0.1"
         self.port = 0
 
@@ -86,6 +90,8 @@ class _Child:
         return self.proc is not None and self.proc.poll() is None
 
     def log(self) -> str:
+        if self.logfile is None:
+            return ""
         try:
             return Path(self.logfile.name).read_bytes().decode(errors="replace")
         except OSError:
@@ -95,56 +101,52 @@ class _Child:
         return proc_cpu_seconds(self.pid)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL, by PID; idempotent."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
+        """SIGTERM, then SIGKILL after ``timeout`` s, by PID; idempotent."""
+        if self.proc is not None:
+            terminate([self.proc], signal.SIGTERM, timeout)
+        if self.logfile is not None:
             try:
-                os.kill(proc.pid, signal.SIGTERM)
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
+                self.logfile.close()
+                os.unlink(self.logfile.name)
+            except OSError:
                 pass
-        try:
-            self.logfile.close()
-            os.unlink(self.logfile.name)
-        except OSError:
-            pass
 
 
-DEFAULT_NODE_CMD = [sys.executable, "-m", "node.cli", "serve", "--bind", "127.0.0.1", "--port", "0", "--gossip-port", "0"]
+# A farm of one on a free loopback port.
+DEFAULT_NODE_CMD = node_command(serve_args(bind="127.0.0.1", port=0, gossip_port=0))
 
 
 class MsessionServer(_Child):
+    """A msession node, started by node.farm's launcher; ``log()`` is what it
+    wrote to stderr."""
+
     name = "msession"
 
     def __init__(self, command: list[str] | None = None):
-        super().__init__()
+        super().__init__(logfile=False)  # the launcher keeps its stderr
         self.command = command or DEFAULT_NODE_CMD
+        self.node: NodeChild | None = None
+
+    def log(self) -> str:
+        return self.node.text() if self.node is not None else ""
 
     def start(self, timeout: float = 15.0) -> "MsessionServer":
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
-        self.proc = subprocess.Popen(
-            self.command,
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=self.logfile, preexec_fn=_die_with_parent,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = READY.search(self.log())
-            if m:
-                self.host, self.port = m.group(1), int(m.group(2))
-                if not _is_loopback(self.host):
-                    self.stop()
-                    raise BenchError(f"the msession node listens on {self.host}, not a loopback address")
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
+        self.node = NodeChild(command=self.command, cwd=ROOT, name=self.name, host=self.host, port=self.port)
+        self.proc = self.node.proc
+        if self.node.wait_ready(timeout):
+            self.host, self.port = self.node.host, self.node.port
+            if not _is_loopback(self.host):
+                self.stop()
+                raise BenchError(f"the msession node listens on {self.host}, not a loopback address")
+            return self
         log = self.log()
         self.stop()
         raise BenchError(f"the msession node did not start:\n{log}")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.node is not None:
+            self.node.stop(signal.SIGTERM, timeout)
+        super().stop(timeout)
 
 
 def find_redis(install: bool = True) -> str:
@@ -219,9 +221,8 @@ class RedisServer(_Child):
         return False
 
     def _kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            terminate([self.proc], signal.SIGKILL, 0)
 
     def stop(self, timeout: float = 5.0) -> None:
         super().stop(timeout)
