@@ -19,7 +19,8 @@ What runs here (everything that decides is in the sans-I/O modules):
   owner asked for a session it lacks, in a partition it took over less than
   ``TAKE_WINDOW`` seconds ago, first asks the previous owner for it (``TAKE``),
   so a request racing the handoff still finds its session. The rules (who
-  took over what, batches, retries) are ``cluster/handoff.py``'s.
+  took over what, whom to ask, batches, retries) and every timing of
+  handoff, joining and leaving are ``cluster/handoff.py``'s.
 - **Leaving.** On SIGTERM a member announces it leaves, hands every session to
   the owners of the ring without it, and exits.
 """
@@ -50,12 +51,6 @@ from .ring import Ring, ring_for
 
 log = logging.getLogger("msession.cluster")
 
-HANDOFF_TIMEOUT = 30.0
-TAKE_TIMEOUT = 2.0
-GIVEN_KEEP = 30.0  # seconds a member remembers a session it gave, should the answer be lost
-SEED_WARNING = 3.0  # seconds without an answering seed before we say so
-JOIN_GRACE = 5.0  # seconds a starting node with seeds waits to join before serving alone
-SETTLE_TIME = 3.0  # seconds a client's request may wait for the farm's view to settle
 STREAM_TIMEOUT = 5.0  # a push-pull exchange
 UDP_READ = 65536
 
@@ -77,7 +72,7 @@ class Cluster:
         self._ready_event = trio.Event()  # set once joined the farm (or given up waiting for seeds)
         self._solo = False  # ready, alone in the ring, nothing arriving: the fast path
         self._moving: dict[bytes, list] = {}  # sessions on their way to a new owner
-        self._given: dict[bytes, tuple[list, float]] = {}  # sessions given by TAKE, kept a while
+        self._given = handoff.Given()  # sessions given by TAKE, kept a while
         self._routes: tuple[Ring, dict] | None = None
         self._udp: socket.socket | None = None
         self._tcp: trio.SocketListener | None = None
@@ -164,13 +159,16 @@ class Cluster:
 
     async def _watch_join(self, seeds: list[str]) -> None:
         """Ready once joined; warns if no seed answers; serves alone after
-        ``JOIN_GRACE`` (a farm's first node may list seeds not up yet)."""
-        if seeds:
-            with trio.move_on_after(SEED_WARNING):
+        a while (``handoff.join_deadlines``: a farm's first node may list seeds
+        not up yet)."""
+        deadlines = handoff.join_deadlines(trio.current_time(), bool(seeds))
+        if deadlines is not None:
+            warn_at, alone_at = deadlines
+            with trio.move_on_at(warn_at):
                 await self._ready_event.wait()
             if not self._ready_event.is_set():
                 log.warning("none of the seeds %s answers yet; still trying (a farm's first node needs no seeds)", ", ".join(seeds))
-            with trio.move_on_after(JOIN_GRACE - SEED_WARNING):
+            with trio.move_on_at(alone_at):
                 await self._ready_event.wait()
         self._become_ready()
         if self.membership.joined:
@@ -367,9 +365,9 @@ class Cluster:
         """Runs a request that arrived from a client on its owner (None: here),
         riding out a change of view: a BUSY from the farm means the request
         did not run, so it is routed again by the newer view, for up to
-        ``SETTLE_TIME`` seconds. Clients only see BUSY if the view keeps
+        ``handoff.SETTLE_TIME`` seconds. Clients only see BUSY if the view keeps
         changing longer than that."""
-        backoff = handoff.Backoff(trio.current_time(), SETTLE_TIME)
+        backoff = handoff.Backoff(trio.current_time(), handoff.SETTLE_TIME)
         while True:
             try:
                 if owner is None:
@@ -518,20 +516,17 @@ class Cluster:
         """Fetches a session we now own from the member that held it.
 
         Shielded: a state given to us must reach the store even if the client
-        that caused the fetch goes away meanwhile. If the previous owner is
-        gone, does not answer or no longer has it, every other member is asked
-        (one of them may have received it in a handoff under a view that
-        differs from ours)."""
+        that caused the fetch goes away meanwhile. Whom to ask, in what order:
+        ``handoff.take_order``. Whoever holds it and no longer owns it gives
+        it up."""
         self.counters["takes"] += 1
         with trio.CancelScope(shield=True):
             member = self.membership.get(previous)
-            if member is not None and member.state != "dead":
-                if await self._take_from(previous, sid):
-                    return
-            # Not there: it may have handed the session on under a view that
-            # differs from ours, or died. Whoever holds it and no longer owns
-            # it gives it up.
-            others = [n for n in self.ring.members if n not in (self.name, previous)]
+            first, others = handoff.take_order(
+                previous, member.state if member is not None else None, self.ring.members, self.name
+            )
+            if first is not None and await self._take_from(first, sid):
+                return
             busy: list[CommandError] = []
 
             async def ask(name: str) -> None:
@@ -548,11 +543,11 @@ class Cluster:
 
     async def _take_from(self, name: str, sid: bytes) -> bool | None:
         """True if ``name`` gave the session, False if it has none, None if it
-        did not answer. Raises BUSY if it still owns it after ``TAKE_TIMEOUT``."""
-        backoff = handoff.Backoff(trio.current_time(), TAKE_TIMEOUT)
+        did not answer. Raises BUSY if it still owns it after ``handoff.TAKE_TIMEOUT``."""
+        backoff = handoff.Backoff(trio.current_time(), handoff.TAKE_TIMEOUT)
         while True:
             try:
-                state = await self.call(name, Cmd.TAKE, [sid], TAKE_TIMEOUT)
+                state = await self.call(name, Cmd.TAKE, [sid], handoff.TAKE_TIMEOUT)
             except CommandError as exc:
                 if exc.name == "BUSY":  # its view is behind ours: soon it gives the session up
                     delay = backoff.next(trio.current_time())
@@ -588,10 +583,7 @@ class Cluster:
             return moving  # on its way there already: the HANDOFF merges the same state
         s = self.node.store.get(sid, self.clock(), touch=False)
         if s is None:
-            given = self._given.get(sid)
-            if given is not None and trio.current_time() - given[1] < GIVEN_KEEP:
-                return given[0]  # the asker lost our first answer: merging it twice is harmless
-            return None
+            return self._given.get(sid, trio.current_time())  # the asker may have lost our first answer
         if self.ring.owner(sid) == self.name and not self.leaving:
             # Ours under our view: the asker's view is ahead of ours. Not ours
             # to give yet, and not its to serve: it answers BUSY and retries.
@@ -599,15 +591,7 @@ class Cluster:
         state = self.node.store.export(s)
         self.node.store.take(sid)
         self.counters["sessions_handed_off"] += 1
-        now = trio.current_time()
-        given = self._given
-        while given:  # oldest first: forget what is past keeping
-            first = next(iter(given))
-            if now - given[first][1] < GIVEN_KEEP:
-                break
-            del given[first]
-        given.pop(sid, None)
-        given[sid] = (state, now)
+        self._given.add(sid, state, trio.current_time())
         return state
 
     async def _receive_handoff(self, args: Any) -> Any:
@@ -631,7 +615,7 @@ class Cluster:
     async def _handoff_loop(self) -> None:
         while True:
             await self._handoff_due.wait()
-            await trio.sleep(0.2)  # let a burst of membership changes settle into one view
+            await trio.sleep(handoff.HANDOFF_SETTLE)  # let a burst of membership changes settle into one view
             self._handoff_due = trio.Event()
             if not self.leaving:
                 await self.hand_off(self.ring)
@@ -639,7 +623,7 @@ class Cluster:
     async def hand_off(self, ring: Ring) -> int:
         """Sends every session ``ring`` gives to another member to that member."""
         store, now = self.node.store, self.clock()
-        budget = self.config.max_frame // 2  # a HANDOFF stays well inside the receiver's frame limit
+        budget = handoff.handoff_budget(self.config.max_frame)
         sent = 0
         for owner, sids in handoff.moves((s.sid for s in store.sessions(now)), ring, self.name).items():
             held = [s for s in (store.get(sid, now, touch=False) for sid in sids) if s is not None]
@@ -655,9 +639,8 @@ class Cluster:
                 if not states:
                     continue
                 try:
-                    # One request, or one per part of a session too big for one.
-                    for part in [states] if len(states) > 1 else [[p] for p in handoff.split(states[0], budget)]:
-                        await self.call(owner, Cmd.HANDOFF, [part], HANDOFF_TIMEOUT)
+                    for part in handoff.handoff_requests(states, budget):
+                        await self.call(owner, Cmd.HANDOFF, [part], handoff.HANDOFF_TIMEOUT)
                     sent += len(states)
                     self.counters["sessions_handed_off"] += len(states)
                 except CommandError as exc:
@@ -677,7 +660,8 @@ class Cluster:
         return sent
 
     async def leave(self) -> None:
-        """Announces we leave, hands every session to the others, lets gossip carry it."""
+        """Announces we leave, hands every session to the others, lets gossip
+        carry it; timed by ``handoff.Leave``."""
         m = self.membership
         self.leaving = True
         m.leave(trio.current_time())
@@ -686,18 +670,16 @@ class Cluster:
         if others:
             self.ring = ring_for(others)  # from now on we forward everything
             self._refresh_fast_path()
-        with trio.move_on_after(2):  # the others should know before sessions arrive
-            while not m.leave_done():
-                await trio.sleep(0.05)
-        deadline = trio.current_time() + 5
-        while trio.current_time() < deadline:
-            others = self.membership.live_names()  # (we have left: not among them)
-            if not others:
+        plan = handoff.Leave(trio.current_time())
+        # The others should know before sessions arrive.
+        while (wait := plan.announcing(trio.current_time(), m.leave_done())) is not None:
+            await trio.sleep(wait)
+        while True:
+            others = m.live_names()
+            if not plan.hand_off(trio.current_time(), len(others), len(self.node.store)):
                 break
             await self.hand_off(ring_for(others))
-            if not len(self.node.store):
-                break
-            await trio.sleep(0.2)
+            await trio.sleep(plan.pause(len(self.node.store)))
         left_behind = len(self.node.store) + len(self._moving)
         if left_behind:
             log.warning("left the farm with %d sessions not handed on", left_behind)
