@@ -11,47 +11,81 @@ A connection has one deadline at a time:
   it began, so a client cannot hold a connection by sending a byte at a time.
 
 A frame that completes goes back under the idle deadline before it is
-answered, so a slow reader of a large answer gets ``idle_timeout``. The server
-copies ``deadline`` into the connection's cancel scope after each call (and
-skips calls that cannot change it), and lifts the deadline while a lock is
-waited for, which has a limit of its own.
+answered, so a slow reader of a large answer gets ``idle_timeout``. While a
+request waits with a limit of its own (a lock, a member's answer) there is no
+deadline (``waiting()``/``waited()``). The server copies ``deadline`` into the
+connection's cancel scope when a call says it moved.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Protocol
+
 IDLE_SLACK = 1.25
 
 
+class HasFrame(Protocol):  # what received() needs of protocol.codec.FrameDecoder
+    def has_frame(self) -> bool: ...
+
+
 class ConnDeadline:
-    __slots__ = ("idle_timeout", "frame_timeout", "deadline", "partial_since")
+    __slots__ = ("idle_timeout", "frame_timeout", "deadline", "partial_since", "_held")
 
     def __init__(self, idle_timeout: float, frame_timeout: float, now: float):
         self.idle_timeout = idle_timeout
         self.frame_timeout = frame_timeout
         self.partial_since: float | None = None  # when the incomplete frame began
         self.deadline = now + idle_timeout * IDLE_SLACK
+        self._held = self.deadline  # the deadline waiting() lifted
 
-    def received(self, now: float, frame_complete: bool) -> None:
-        """Bytes arrived; ``frame_complete``: a whole frame is now buffered."""
+    # received() and answered() run for every batch a connection reads: they
+    # return whether ``deadline`` moved, so the caller copies it only then.
+
+    def received(self, now: float, frames: HasFrame) -> bool:
+        """Bytes arrived into ``frames`` (a ``FrameDecoder``; asked whether a
+        whole frame is buffered only while one was incomplete)."""
         if self.partial_since is None:
-            if self.deadline < now + self.idle_timeout:
+            if self.deadline < now + self.idle_timeout:  # the idle deadline comes near: move it
                 self.deadline = now + self.idle_timeout * IDLE_SLACK
-        elif frame_complete:
+                return True
+            return False
+        if frames.has_frame():
             self._idle(now)
+            return True
+        return False
 
-    def answered(self, now: float, pending: bool) -> None:
-        """Every complete frame was answered; ``pending``: part of a frame is buffered."""
+    def answered(self, now: float, pending: int) -> bool:
+        """Every complete frame was answered; ``pending``: bytes of an
+        incomplete frame still buffered."""
         if not pending:
             if self.partial_since is not None:
                 self._idle(now)
-        elif self.partial_since is None:
+                return True
+            return False
+        if self.partial_since is None:
             self.partial_since = now  # a new frame has begun
             self.deadline = now + min(self.frame_timeout, self.idle_timeout)
+            return True
+        return False
+
+    def waiting(self) -> None:
+        """A request waits, with a limit of its own (a lock's wait, a member's
+        answer): no deadline meanwhile. Lifted even when the idle deadline
+        falls after the wait's end: were the loop to stall past both, both
+        would fire at once and the client would get the idle TIMEOUT instead
+        of its request's own answer."""
+        if self.deadline != math.inf:
+            self._held = self.deadline
+            self.deadline = math.inf
 
     def waited(self, now: float) -> None:
-        """A lock wait ended (it has its own limit): the idle clock starts again."""
-        if self.partial_since is None:
-            self.deadline = max(self.deadline, now + self.idle_timeout * IDLE_SLACK)
+        """The wait is over: the idle clock starts again (the idle deadline
+        moved only when it comes near, as ``received()`` moves it)."""
+        if self.deadline == math.inf:
+            self.deadline = self._held
+        if self.partial_since is None and self.deadline < now + self.idle_timeout:
+            self.deadline = now + self.idle_timeout * IDLE_SLACK
 
     def reason(self) -> str:
         """Why the connection is closed when the deadline passes."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import signal
 import socket
 import time
@@ -27,6 +26,8 @@ from typing import Any, Callable
 import outcome
 import trio
 
+from cluster.messages import is_member_hello as _from_member
+from cluster.messages import parse_fwd as _unwrap
 from protocol.client import lock_may_wait
 from protocol.codec import Encoder, FrameDecoder, ProtocolError, decode_request
 from protocol.constants import Cmd, Err
@@ -137,20 +138,15 @@ _FWD, _HELLO, _SLOCK = int(Cmd.FWD), int(Cmd.HELLO), int(Cmd.SLOCK)
 _LEFT = object()  # the client went away while its request ran elsewhere
 
 
+def _drain(out: list[bytes]) -> bytes:
+    """The answers gathered in ``out`` as one block to send (one send call per
+    batch); ``out`` is left empty."""
+    data = out[0] if len(out) == 1 else b"".join(out)
+    out.clear()
+    return data
+
+
 MEMBER_SLACK = 64 * 1024  # bytes a member's connection may exceed max_frame by (FWD's envelope)
-
-
-def _from_member(args: Any) -> bool:
-    """HELLO [version, {"member": true, ...}]: another member of the farm."""
-    return len(args) > 1 and type(args[1]) is dict and args[1].get(b"member") is True  # keys arrive as bytes
-
-
-def _unwrap(args: Any) -> tuple[int, Any, int]:
-    """The request inside a FWD: (cmd, args, hops)."""
-    if (type(args) is not list or len(args) != 3 or type(args[0]) is not int or type(args[1]) is not int
-            or args[0] < 0 or type(args[2]) is not list):
-        raise CommandError("BADARG", "usage: FWD hops cmd [args]")
-    return args[1], args[2], args[0]
 
 
 class Server:
@@ -271,23 +267,13 @@ class Server:
                     conn.eof = True
                     return
                 decoder.feed(data)
-                # timer.received() changes nothing while no frame is incomplete
-                # and the idle deadline is not near: skip the call then.
-                if timer.partial_since is not None:
-                    timer.received(now(), decoder.has_frame())
-                    conn.sync_deadline()
-                else:
-                    t = now()
-                    if timer.deadline < t + timer.idle_timeout:
-                        timer.received(t, True)
-                        conn.sync_deadline()
+                if timer.received(now(), decoder):
+                    conn.scope.deadline = timer.deadline
                 answered = await self._run_frames(conn)
                 if answered < 0 or conn.eof:
                     return
-                # timer.answered() changes nothing when no frame is, or was, incomplete.
-                if decoder.pending or timer.partial_since is not None:
-                    timer.answered(now(), bool(decoder.pending))
-                    conn.sync_deadline()
+                if timer.answered(now(), decoder.pending):
+                    conn.scope.deadline = timer.deadline
         if conn.scope.cancelled_caught:
             self.counters.timeouts += 1
             if conn.cut:
@@ -318,7 +304,7 @@ class Server:
             except ProtocolError as exc:
                 self._bad(conn, exc.message)
                 out.append(encoder.error(None, exc.code, exc.message))
-                await self._send_and_close(conn, b"".join(out))
+                await self._send_and_close(conn, _drain(out))
                 return -1
             if body is None:
                 break
@@ -342,8 +328,7 @@ class Server:
                     continue
                 if step is not None:
                     if out:  # answers so far go out before we wait on another member
-                        await conn.send(b"".join(out))
-                        out.clear()
+                        await conn.send(_drain(out))
                         size = 0
                     result = await self._remote(conn, step, cmd == _SLOCK, args)
                     if result is _LEFT:
@@ -357,10 +342,8 @@ class Server:
                         conn.decoder.max_frame = self.config.max_frame + MEMBER_SLACK
                         conn.send_lock = conn.send_lock or trio.Lock()
                 if type(result) is LockWait:
-                    flush = b"".join(out)
-                    out.clear()
                     size = 0
-                    result = await self._wait_for_lock(conn, result, flush)
+                    result = await self._wait_for_lock(conn, result, _drain(out))  # answers so far go first
                     if result is None:
                         return -1  # the client left while waiting
                 answer = ok(rid, result)
@@ -371,13 +354,12 @@ class Server:
             out.append(answer)
             size += len(answer)
             if size >= SEND_THRESHOLD:  # do not let a burst of reads pile up answers
-                await conn.send(b"".join(out))
-                out.clear()
+                await conn.send(_drain(out))
                 size = 0
             if answered % YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()  # a long pipeline must not starve the others
         if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
+            data = _drain(out)
             if conn.send_lock is None:
                 sent = conn.send_now(data)  # conn.send(data) without a coroutine when it all goes at once
                 if sent < len(data):
@@ -429,7 +411,8 @@ class Server:
         or None). If the client leaves, ``fn`` is cancelled."""
         result = None
         left = False
-        conn.scope.deadline = math.inf  # the wait has its own limit
+        conn.timer.waiting()  # the wait has its own limit
+        conn.sync_deadline()
         try:
             async with trio.open_nursery() as nursery:
 
@@ -484,11 +467,8 @@ class Server:
                 await conn.send(flush)  # under the idle deadline: the client must read
             if not waiter.key:
                 scope.deadline = trio.current_time() + lw.wait
-                # The wait has its own limit. The idle deadline is lifted even when it
-                # falls after the wait's end: were the loop to stall past both, trio
-                # would cancel both scopes at once and the client would get the idle
-                # TIMEOUT instead of LOCKED (test_a_stalled_loop_...).
-                conn.scope.deadline = math.inf
+                conn.timer.waiting()  # the wait has its own limit (test_a_stalled_loop_...)
+                conn.sync_deadline()
                 with scope:
                     left = await self._watch_eof(conn)
             if left:
@@ -504,15 +484,8 @@ class Server:
                     self.node.unlock_abandoned(lw.sid, waiter.key)
                 else:
                     self.node.locks.cancel(lw.sid, waiter)
-            # The idle clock starts again, as timer.waited() has it; a
-            # deadline still an idle_timeout or more away (a lock granted
-            # without waiting) already gives the client that, and is left
-            # alone (as timer.received() leaves it).
-            timer = conn.timer
-            now = trio.current_time()
-            if timer.deadline < now + timer.idle_timeout or conn.scope.deadline != timer.deadline:
-                timer.waited(now)
-                conn.sync_deadline()
+            conn.timer.waited(trio.current_time())
+            conn.sync_deadline()
 
     def _bad(self, conn: _Conn, message: str) -> None:
         self.counters.bad_frames += 1
