@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -60,7 +59,6 @@ from .servers import DEFAULT_NODE_CMD, BenchError, MsessionServer, RedisServer, 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "clients" / "php" / "tests" / "farm"  # the web-farm test's page
 HANDLERS = ("msession", "msession-farm3", "msession-farm3-noroute", "phpredis", "memcached")
-GOSSIP = re.compile(r"gossip on (\S+):(\d+)")
 SEQ_USERS, BURST_USERS, BURST = 20, 5, 4
 
 
@@ -176,10 +174,10 @@ class MsessionFarm:
 
     @staticmethod
     def gossip(node: MsessionServer) -> str:
-        m = GOSSIP.search(node.log())
-        if m is None:
+        address = node.node.gossip if node.node is not None else None  # parsed by the launcher
+        if address is None:
             raise BenchError(f"no gossip address in the node's log:\n{node.log()}")
-        return f"{m.group(1)}:{m.group(2)}"
+        return address
 
     def wait_converged(self, n: int, timeout: float = 20.0) -> None:
         from protocol.client import Client
