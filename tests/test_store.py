@@ -239,3 +239,78 @@ def test_count_and_listing_skip_due_sessions_without_reaping_them():
     assert [x.sid for x in s.sessions(10.0)] == [b"b"]
     assert len(s) == 2  # left for the reaper
     assert [x.sid for x in s.expire(10.0)] == [b"a"]
+
+
+def test_count_agrees_with_listing_within_the_second_a_deadline_falls_in():
+    """A deadline inside a second (10.3 sits in the bucket of second 11): at
+    10.5 the session is gone for the listing, so it is for the count too."""
+    s = make(timeout=10)
+    create(s, b"a", now=0.3)  # deadline 10.3
+    create(s, b"b", now=5.0)  # deadline 15.0
+    for now in (10.2, 10.3, 10.5, 10.5, 10.9, 11.0, 14.5, 15.0):
+        assert s.count(now) == len(list(s.sessions(now))), now
+    assert s.count(10.5) == 1 and s.count(15.0) == 0
+
+
+_store_op = st.tuples(
+    st.sampled_from(["create", "get", "peek", "drop", "timeout", "merge", "take", "expire", "count"]),
+    st.sampled_from([b"a", b"b", b"c"]),
+    st.integers(1, 3),  # a timeout
+    # times in tenths of a second, sometimes earlier than the last one (a wall clock steps back)
+    st.integers(0, 60).map(lambda t: t / 10),
+)
+
+
+@given(st.lists(_store_op, max_size=60))
+def test_count_always_agrees_with_the_listing(ops):
+    """Whatever happened before, at any time the count is the number of
+    sessions the listing gives (the ones LIST, FIND and LISTVAR answer from)."""
+    s, other = make(timeout=2), make(timeout=2)
+    for kind, sid, timeout, now in ops:
+        if kind == "create" and s.get(sid, now, touch=False) is None:
+            s.apply(Create(sid, s.version(now), timeout=timeout), now)
+        elif kind in ("get", "peek"):
+            s.get(sid, now, touch=kind == "get")
+        elif kind == "drop":
+            s.apply(Drop(sid, s.version(now)), now)
+        elif kind == "timeout" and s.get(sid, now, touch=False) is not None:
+            s.apply(SetTimeout(sid, s.version(now), timeout), now)
+        elif kind == "merge":  # a copy from elsewhere, last accessed a while ago
+            if other.get(sid, now, touch=False) is None:
+                other.apply(Create(sid, other.version(now), timeout=timeout), max(0.0, now - timeout + 0.25))
+            s.merge_in(other.export(other._sessions[sid]), now)
+        elif kind == "take":
+            s.take(sid)
+        elif kind == "expire":
+            s.expire(now, limit=1)
+        assert s.count(now) == len(list(s.sessions(now))), (kind, sid, now)
+
+
+def test_count_reaps_a_bounded_number_of_due_sessions_and_counts_the_rest(monkeypatch):
+    import node.store
+
+    monkeypatch.setattr(node.store, "COUNT_REAP", 3)
+    s = make(timeout=10)
+    for i in range(10):
+        create(s, b"%d" % i, now=0.1 + i / 100)  # deadlines 10.1 .. 10.19, all in second 11
+    create(s, b"late", now=0.5)
+    assert s.count(10.0) == 11 and s.expired_total == 0
+    assert s.count(10.3) == 1 and s.expired_total == 3 and len(s) == 8
+    assert s.count(10.3) == 1 and s.expired_total == 6
+    assert s.count(10.6) == 0 and s.expired_total == 9 and len(s) == 2
+    assert [x.sid for x in s.sessions(10.6)] == []
+    assert s.count(10.6) == 0 and len(s) == 0 and s.expired_total == 11
+
+
+def test_count_follows_deadlines_that_move_within_the_second_it_looks_at():
+    s = make(timeout=3)
+    create(s, b"a", now=4.3)  # deadline 7.3, in second 8
+    create(s, b"b", now=4.3)
+    assert s.count(7.1) == 2  # second 8 is the one 7.1 falls in
+    s.get(b"a", 4.5)  # the wall clock stepped back: a's deadline is 7.5, still in second 8
+    # a copy of b accessed later, with a shorter timeout: its deadline moves earlier, to 7.2
+    assert s.merge_in([b"b", b"", b"", 1, [], 4.3, 5.2, 2], 7.1)
+    create(s, b"c", now=5.1, timeout=2)  # a newcomer in second 8 (deadline 7.1)
+    for now in (7.25, 7.4, 7.6):
+        assert s.count(now) == len(list(s.sessions(now))), now
+    assert s.count(7.6) == 0
