@@ -166,7 +166,7 @@ class Node:
         # layer has scheduled (a waiter depends on it): run housekeeping sooner.
         self.kick: Callable[[], None] = lambda: None
         self._next_lease_check = math.inf  # lock clock
-        # Limits the quick paths of argument checking compare with (config does not change).
+        # Limits the quick paths of argument checking compare with (Config is frozen).
         self._max_id_len = config.max_id_len
         self._max_name_len = config.max_name_len
         self._max_wait_ms = int(config.max_lock_wait * 1000)

@@ -15,8 +15,12 @@ class ConfigError(Exception):
     pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
+    """Frozen: a Node copies limits out of it for its quick argument paths, so
+    a value changed under a running node would not be obeyed. A different
+    configuration is a new Config (``dataclasses.replace``) and a new node."""
+
     bind: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     # Sessions

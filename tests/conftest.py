@@ -63,10 +63,7 @@ def farms():
 
 
 def make_config(**overrides) -> Config:
-    cfg = Config(bind="127.0.0.1", port=0)
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    return cfg.validate()
+    return Config(**{"bind": "127.0.0.1", "port": 0, **overrides}).validate()
 
 
 async def start_server(nursery: trio.Nursery, **overrides) -> Server:

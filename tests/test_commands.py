@@ -1,7 +1,11 @@
 """node/commands.py's Node, in process (no server): whole-store answers and
 the limits a node checks arguments against."""
 
-from node.commands import Node
+import dataclasses
+
+import pytest
+
+from node.commands import CommandError, Node
 from node.config import Config
 from protocol.constants import Cmd
 
@@ -23,3 +27,26 @@ def test_whole_store_answers_agree_on_which_sessions_are_alive_before_housekeepi
         assert sorted(node.execute(Cmd.LISTVAR, [b"k"], now)) == sorted(alive), now
     assert node.execute(Cmd.LIST, [], 10.5) == [b"new"]
 
+
+def test_a_nodes_limits_cannot_change_under_it():
+    """Node copies its config's limits for the quick argument paths; the
+    config is frozen, so the copies cannot go stale. Other limits take a
+    new Config (dataclasses.replace) and a new Node."""
+    config = Config(max_timeout=100, max_id_len=4, max_uniq_len=4, session_timeout=50).validate()
+    node = Node(config, clock=lambda: 0.0)
+    for name, value in (("max_timeout", 5), ("max_id_len", 10), ("max_lock_wait", 1.0), ("session_timeout", 7)):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(node.config, name, value)
+    node.execute(Cmd.CREATE, [b"s"], 0.0)
+    assert node.execute(Cmd.TIMEOUT, [b"s", 100], 0.0) == 100
+    with pytest.raises(CommandError, match="between 1 and 100"):
+        node.execute(Cmd.TIMEOUT, [b"s", 101], 0.0)
+    with pytest.raises(CommandError, match="longer than 4"):
+        node.execute(Cmd.CREATE, [b"abcde"], 0.0)
+
+    smaller = Node(dataclasses.replace(config, max_timeout=50, max_id_len=10, max_uniq_len=10).validate(), clock=lambda: 0.0)
+    smaller.execute(Cmd.CREATE, [b"s"], 0.0)
+    with pytest.raises(CommandError, match="between 1 and 50"):
+        smaller.execute(Cmd.TIMEOUT, [b"s", 51], 0.0)
+    assert smaller.execute(Cmd.CREATE, [b"abcde"], 0.0) is True
+    assert node.config.max_timeout == 100  # the first node's config is untouched

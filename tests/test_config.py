@@ -60,3 +60,15 @@ def test_client_variables_are_not_server_options():
 def test_defaults_must_fit_their_limits(env):
     with pytest.raises(ConfigError, match="must not exceed"):
         load(env=env)
+
+
+def test_a_loaded_config_is_frozen_and_changes_by_replacement():
+    import dataclasses
+
+    cfg = load(env={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.max_timeout = 10
+    other = dataclasses.replace(cfg, max_timeout=10, session_timeout=10).validate()
+    assert (other.max_timeout, cfg.max_timeout) == (10, 365 * 86400)
+    with pytest.raises(ConfigError, match="must not exceed"):
+        dataclasses.replace(cfg, max_timeout=10).validate()
