@@ -19,7 +19,12 @@ origin)``; an update wins over what we know when its incarnation is higher,
 or, at the same incarnation, when it is "worse" (suspect beats alive; dead
 and left beat both). The only way out of suspect or dead is an alive update
 with a higher incarnation, which only the member itself issues: it
-*refutes*.
+*refutes*, one above the accusation, which is at its own incarnation (an
+accusation can only repeat an incarnation the member issued). News about
+ourselves in our own epoch above our incarnation is forged or corrupt: we
+do not refute past it but count it (``forged_incarnations``); see
+"Identity" for earlier lives. No path takes an incarnation past
+``messages.MAX_INCARNATION``.
 
 Failure detection (SWIM). Every ``probe_interval`` we probe one member,
 walking a shuffled list of all others (a new round reshuffles; a new
@@ -69,8 +74,10 @@ merged as suspicions: a member is only declared dead by a local timer.
 
 Identity. A node draws a random 64-bit *epoch* at start. An update about
 ourselves from another epoch is an earlier life of ours (we raise our
-incarnation above it, so our new self replaces the old one everywhere) --
-unless it puts a live member under our name at another address: then our
+incarnation above it, so our new self replaces the old one everywhere, but
+only up to ``STEP_OVER_MAX``, so a forged "earlier life" can never use up
+the incarnations we need for refuting) -- unless it puts a live member
+under our name at another address: then our
 name is taken, ``conflict`` is set while we have not joined yet (the caller
 should exit with that message) and we fall silent; members that hear of two
 live claimants keep the first and report a ``"conflict"`` event.
@@ -156,9 +163,14 @@ _GONE = (DEAD, LEFT)
 COUNTERS = (
     "packets_in packets_out bytes_in bytes_out bad_packets bad_version stale_messages unknown_sender "
     "oversize wrong_target probes probe_failures indirect_probes suspicions refutations push_pulls "
-    "push_pulls_in push_pull_failures late_ticks conflicts gossip_packets internal_errors"
+    "push_pulls_in push_pull_failures late_ticks conflicts gossip_packets internal_errors forged_incarnations"
 ).split()
 MAX_NOTES = 1000  # notes kept between two take_notes() calls
+# The highest incarnation of an earlier life of ours (another epoch) we step
+# over. Legitimate incarnations grow by one per refutation, meta change or
+# leave, so they never come near it; a forged earlier life can take us this far
+# at most, leaving 2**62 incarnations for refuting below MAX_INCARNATION.
+STEP_OVER_MAX = m.MAX_INCARNATION // 2
 
 
 class _Node:
@@ -234,8 +246,8 @@ class Membership:
         self._leaving = False
         self._leave_id = 0
         self._conflicts_seen: set[tuple[str, tuple[str, int]]] = set()
-        self._stranger_seen: dict[str, float] = {}
-        self._stranger_sync_at = -math.inf
+        self._synced_with: dict[str, float] = {}
+        self._sync_at = -math.inf
         c = config
         self._at(now + rng.uniform(0, c.probe_interval), "probe")
         self._at(now + rng.uniform(0, c.gossip_interval), "gossip")
@@ -273,15 +285,16 @@ class Membership:
         if self._leaving:
             return
         self._me.meta = dict(meta)
-        self._me.incarnation += 1
-        self._broadcast(self._me.update())
+        if self._raise_incarnation(self._me.incarnation + 1, "carry a new meta"):
+            self._broadcast(self._me.update())
 
     def leave(self, now: float) -> None:
         if self._leaving:
             return
         self._leaving = True
         me = self._me
-        me.incarnation += 1
+        # at the largest incarnation our "left" stays there: left beats alive at the same one
+        self._raise_incarnation(me.incarnation + 1, "leave", quiet=True)
         me.state = LEFT
         me.since = now
         self._live -= 1
@@ -575,14 +588,23 @@ class Membership:
             if p.target != self.name:
                 c["wrong_target"] += 1
                 return
-            if not known and self.joined and not self._leaving:
-                self._sync_with_stranger(p.sender, src, now)
+            sync = not known
             extra = None
             if p.suspicion is not None:
-                if p.suspicion >= self._me.incarnation:
-                    self._refute(p.suspicion)
+                inc = self._me.incarnation
+                if p.suspicion == inc:
+                    self._refute()
+                elif p.suspicion > inc:
+                    # not a suspicion of our current life: forged, or about an earlier
+                    # life of ours (the number carries no epoch). Never refuted on its
+                    # word; the pinger's full state shows the epoch, and an earlier life
+                    # found there is stepped over (_about_self)
+                    self._forged(f"a ping from {p.sender!r} at {src} suspecting us at incarnation {p.suspicion}")
+                    sync = True
                 # the pinger suspects us: whatever the queue holds, answer with our alive
                 extra = m.encode_update(self._me.update())
+            if sync and self.joined and not self._leaving:
+                self._sync_with(p.sender, src, now)
             self._send(src, m.ack_fields(m.ACK, self.name, self.epoch, p.seq), extra=extra)
         elif kind == m.ACK:
             probe = self._probe
@@ -735,23 +757,46 @@ class Membership:
                     self._timers.clear()
                     self._out.clear()
                 self._report_conflict(u, me)
+            elif u.incarnation > STEP_OVER_MAX:
+                self._forged(f"an earlier life of ours at incarnation {u.incarnation}, above {STEP_OVER_MAX}")
             elif u.incarnation >= me.incarnation:
                 self._refute(u.incarnation)  # an earlier life of ours: step over it
             return
-        if u.state != ALIVE:
-            if u.incarnation >= me.incarnation:
-                self._refute(u.incarnation)
+        # our own life: every incarnation in it is one we issued, none above ours
+        if u.incarnation > me.incarnation:
+            self._forged(f"a {m.STATE_NAMES[u.state]} update about us at incarnation {u.incarnation}, above ours ({me.incarnation})")
+        elif u.state != ALIVE:
+            if u.incarnation == me.incarnation:
+                self._refute()
             else:
                 self.counters["stale_messages"] += 1
 
-    def _refute(self, inc: int) -> None:
+    def _refute(self, above: int | None = None) -> None:
+        """Broadcasts our alive one incarnation above ours, or above ``above``
+        (an earlier life's, at least ours and at most STEP_OVER_MAX)."""
         me = self._me
         if self._leaving:
             return
-        me.incarnation = max(me.incarnation, inc) + 1
+        if not self._raise_incarnation((me.incarnation if above is None else above) + 1, "refute"):
+            return
         self.counters["refutations"] += 1
         self.awareness.apply(1)
         self._broadcast(me.update())
+
+    def _raise_incarnation(self, inc: int, why: str, quiet: bool = False) -> bool:
+        """Our incarnation becomes ``inc``, unless that is past the largest one
+        every member decodes: then it stays where it is (noted) and we return False.
+        Unreachable in practice (see STEP_OVER_MAX), but no path may exceed it."""
+        if inc > m.MAX_INCARNATION:
+            if not quiet:
+                self._note(f"cannot {why}: our incarnation is already the largest ({self._me.incarnation})")
+            return False
+        self._me.incarnation = inc
+        return True
+
+    def _forged(self, what: str) -> None:
+        self.counters["forged_incarnations"] += 1
+        self._note(f"ignored {what}: we never issued it (forged or corrupt)")
 
     def _report_conflict(self, u: m.Update, node: _Node) -> None:
         key = (u.name, u.addr)
@@ -866,17 +911,18 @@ class Membership:
         self.counters["bytes_out"] += len(data)
         self._out.append(PushPull(dest, data, join))
 
-    def _sync_with_stranger(self, name: str, src: tuple[str, int], now: float) -> None:
-        """A member we do not know probes us: we missed its join. Exchange full
+    def _sync_with(self, name: str, src: tuple[str, int], now: float) -> None:
+        """A member we do not know probes us (we missed its join), or one suspects
+        us above our incarnation (an earlier life of ours?). Exchange full
         state with it (over TCP, so its address is real), at most one such
-        exchange per ``probe_interval`` and per stranger per ``push_pull_interval``."""
+        exchange per ``probe_interval`` and per pinger per ``push_pull_interval``."""
         c = self.config
-        if now < self._stranger_sync_at or self._stranger_seen.get(name, -math.inf) > now - c.push_pull_interval:
+        if now < self._sync_at or self._synced_with.get(name, -math.inf) > now - c.push_pull_interval:
             return
-        self._stranger_sync_at = now + c.probe_interval
-        if len(self._stranger_seen) > 1000:
-            self._stranger_seen.clear()
-        self._stranger_seen[name] = now
+        self._sync_at = now + c.probe_interval
+        if len(self._synced_with) > 1000:
+            self._synced_with.clear()
+        self._synced_with[name] = now
         self.counters["push_pulls"] += 1
         self._push_pull(src, False)
 

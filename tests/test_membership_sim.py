@@ -320,3 +320,62 @@ def test_a_partition_that_outlasts_dead_reap_heals_through_the_seeds():
     assert len(c.hosts[names[5]].mem.members()) == 4  # the other half is forgotten
     c.heal()
     assert c.run_until_converged(4 * cfg.push_pull_interval) is not None, c.views()
+
+
+def test_forged_news_of_a_member_above_its_incarnation_never_moves_it_nor_the_farm():
+    """An attacker floods one member with pings suspecting it at incarnations
+    it never issued (up to the largest), from a stranger and under other
+    members' names and addresses, and with gossip about it in its own epoch
+    above its incarnation, or about an "earlier life" past STEP_OVER_MAX. It
+    refutes none of them: its incarnation stays, every packet still decodes
+    everywhere, and the farm stays converged throughout. Then its loop stalls,
+    again and again: real suspicions, at its real incarnation, which it still
+    refutes, so it is never declared dead (before the fix it refuted past the
+    largest incarnation, its refutations were undecodable, and it was)."""
+    from cluster import messages as m
+    from cluster.membership import STEP_OVER_MAX
+
+    c = SimCluster(seed=21, loss=0.02)
+    names = c.start(6)
+    assert c.run_until_converged(5.0) is not None
+    c.run_for(2.0)
+    victim = c.hosts[names[3]]
+    v = victim.mem
+    inc0 = v.incarnation
+    stranger = ("10.9.9.9", 7946)
+    t = start = c.now
+    forged = 0
+    while t < start + 20.0:
+        t += 0.05
+        k = forged + 1
+        spoof = c.hosts[names[k % 6 if k % 6 != 3 else 0]]  # another member's name, epoch and address
+        above = [m.MAX_INCARNATION, v.incarnation + k, STEP_OVER_MAX + k][k % 3]
+        packets = [
+            (stranger, m.encode_with_updates(m.ping_fields("x", 5, k, victim.name, above), [])),
+            (spoof.addr, m.encode_with_updates(m.ping_fields(spoof.name, spoof.mem.epoch, k, victim.name, above), [])),
+            (spoof.addr, m.encode_with_updates(m.gossip_fields(spoof.name, spoof.mem.epoch), [
+                m.encode_update(m.Update(state, victim.name, above, v.epoch, victim.addr, None if state else {}, spoof.name))
+                for state in (m.ALIVE, m.SUSPECT, m.DEAD)
+            ] + [m.encode_update(m.Update(m.DEAD, victim.name, STEP_OVER_MAX + k, 12345, victim.addr, None, spoof.name))])),
+        ]
+        for src, data in packets:
+            c.net.at(t, c.net._deliver, victim, src, data)
+        forged += 1
+        c.run_until(t)
+        assert c.converged(), (t, c.views())
+    c.run_for(2.0)
+    assert v.incarnation == inc0 and v.counters["refutations"] == 0
+    assert v.counters["forged_incarnations"] >= 5 * forged  # 2 pings, 3 updates of its own epoch, 1 earlier life
+    assert not c.events("suspect") and not c.events("dead")
+    no_errors(c)  # nothing any member sent was undecodable
+    # real suspicions now: the member stalls 0.7 s, ten times
+    for _ in range(10):
+        c.stall(victim.name, 0.7)
+        c.run_for(1.5)
+    c.run_for(3.0)
+    assert c.events("suspect", victim.name) and not c.events("dead"), c.events("dead")[:3]
+    assert 0 < v.counters["refutations"] == v.incarnation - inc0 < 30
+    for h in c.up():
+        assert h.mem.get(victim.name).incarnation == v.incarnation
+    assert c.converged()
+    no_errors(c)
