@@ -426,7 +426,7 @@ class Cluster:
             raise self._unreachable(name, inner if inner is not None else cmd, exc.message, exc.sent) from None
         if resp.ok:
             return resp.value
-        raise CommandError(error_name(resp.code), resp.message)
+        raise CommandError(error_name(resp.code), resp.message, counted=True)  # counted by the member that ran it
 
     def _unreachable(self, name: str, cmd: int, message: str, sent: bool) -> CommandError:
         self.counters["forward_errors"] += 1

@@ -28,11 +28,17 @@ EXPIRE_BATCH = 10000
 
 
 class CommandError(Exception):
-    def __init__(self, name: str, message: str):
+    """A request's error answer. ``counted``: already in a node's
+    ``command_errors`` (``Node.execute`` counts what it raises; an error a
+    member answered was counted there); the server counts the others, e.g.
+    a request refused while routing it."""
+
+    def __init__(self, name: str, message: str, *, counted: bool = False):
         super().__init__(message)
         self.name = name
         self.code = int(Err[name])
         self.message = message
+        self.counted = counted
 
 
 class _RunLocal:
@@ -185,9 +191,10 @@ class Node:
             return handler(args, now)
         except st.StoreError as exc:
             self.stats["errors"] += 1
-            raise CommandError(exc.name, exc.message) from None
-        except CommandError:
+            raise CommandError(exc.name, exc.message, counted=True) from None
+        except CommandError as exc:
             self.stats["errors"] += 1
+            exc.counted = True
             raise
 
     # -- helpers -------------------------------------------------------------

@@ -370,9 +370,14 @@ class Server:
 
     def _failed(self, rid: Any, cmd: int, exc: Exception) -> bytes:
         """The answer to a request that raised: its error, or, for a bug (which
-        must not take the node down), UNKNOWN and a rate-limited log line."""
+        must not take the node down), UNKNOWN and a rate-limited log line.
+        Counted in ``command_errors`` unless ``Node.execute`` (or the member
+        that ran it) already counted it."""
         if isinstance(exc, CommandError):
+            if not exc.counted:  # refused by the farm's routing (BUSY, UNAVAILABLE, a bad FWD, ...)
+                self.node.stats["errors"] += 1
             return self._encoder.error(rid, exc.code, exc.message)
+        self.node.stats["errors"] += 1
         self._log.info("internal error on command %s", cmd, exc_info=True)
         return self._encoder.error(rid, Err.UNKNOWN, f"internal error: {type(exc).__name__}")
 

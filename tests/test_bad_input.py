@@ -600,6 +600,27 @@ async def test_bad_arguments_subprocess(proc_node):
         await _check_bad_args(addr, cmd, cases)
 
 
+async def test_requests_refused_while_routing_are_counted_as_command_errors(proc_node):
+    """A farm member refuses a bad FWD envelope, HANDOFF or TAKE before any
+    command runs (cluster routing, not Node.execute): each is one more in
+    INFO's command_errors, as every other error answer is."""
+    w = await Wire.open((proc_node.host, proc_node.port))
+
+    async def errors() -> int:
+        resp = await w.call(1, Cmd.INFO, [])
+        return resp[2]["command_errors"]
+
+    before = await errors()
+    rid = 10
+    for cmd, cases in MEMBER_BAD_ARGS.items():
+        for args in cases:
+            assert_err(await w.call(rid, cmd, args), Err.BADARG, rid)
+            rid += 1
+    # An error Node.execute answers is counted once, not again by the server.
+    assert_err(await w.call(rid, Cmd.GETVAL, [b"no-such-session", b"x"]), Err.NOSESSION, rid)
+    assert await errors() == before + (rid - 10) + 1
+
+
 @pytest.mark.parametrize("cmd", [pytest.param(c, id=Cmd(c).name) for c in MEMBER_BAD_ARGS])
 async def test_member_commands_unknown_to_a_standalone_node(addr, cmd):
     w = await Wire.open(addr)
