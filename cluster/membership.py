@@ -19,10 +19,12 @@ origin)``; an update wins over what we know when its incarnation is higher,
 or, at the same incarnation, when it is "worse" (suspect beats alive; dead
 and left beat both). The only way out of suspect or dead is an alive update
 with a higher incarnation, which only the member itself issues: it
-*refutes*, one above the accusation, which is at its own incarnation (an
-accusation can only repeat an incarnation the member issued). News about
-ourselves in our own epoch above our incarnation is forged or corrupt: we
-do not refute past it but count it (``forged_incarnations``); see
+*refutes*, one above the accusation. An accusation in our own epoch above
+our incarnation repeats an alive of ours we never issued (forged, and
+adopted by the accuser: anybody may send alive news), or, in a ping (no
+epoch), an earlier life's incarnation: we step over it like an earlier
+life's, up to ``STEP_OVER_MAX``; above that, and alive news of ourselves
+above our incarnation, we ignore and count (``forged_incarnations``). See
 "Identity" for earlier lives. No path takes an incarnation past
 ``messages.MAX_INCARNATION``.
 
@@ -588,22 +590,21 @@ class Membership:
             if p.target != self.name:
                 c["wrong_target"] += 1
                 return
-            sync = not known
             extra = None
             if p.suspicion is not None:
                 inc = self._me.incarnation
                 if p.suspicion == inc:
                     self._refute()
+                elif inc < p.suspicion <= STEP_OVER_MAX:
+                    # the number carries no epoch: an earlier life of ours (a restart the
+                    # pinger still suspects) or a forgery that adopted a forged alive of
+                    # ours; either way we step over it, as over an earlier life
+                    self._refute(p.suspicion)
                 elif p.suspicion > inc:
-                    # not a suspicion of our current life: forged, or about an earlier
-                    # life of ours (the number carries no epoch). Never refuted on its
-                    # word; the pinger's full state shows the epoch, and an earlier life
-                    # found there is stepped over (_about_self)
-                    self._forged(f"a ping from {p.sender!r} at {src} suspecting us at incarnation {p.suspicion}")
-                    sync = True
+                    self._forged(f"a ping from {p.sender!r} at {src} suspecting us at incarnation {p.suspicion}, above {STEP_OVER_MAX}")
                 # the pinger suspects us: whatever the queue holds, answer with our alive
                 extra = m.encode_update(self._me.update())
-            if sync and self.joined and not self._leaving:
+            if not known and self.joined and not self._leaving:
                 self._sync_with(p.sender, src, now)
             self._send(src, m.ack_fields(m.ACK, self.name, self.epoch, p.seq), extra=extra)
         elif kind == m.ACK:
@@ -762,9 +763,15 @@ class Membership:
             elif u.incarnation >= me.incarnation:
                 self._refute(u.incarnation)  # an earlier life of ours: step over it
             return
-        # our own life: every incarnation in it is one we issued, none above ours
+        # our own life: we issued no incarnation above ours, so one above it is forged
+        # or corrupt. An alive one we ignore (the old code did too); but others may
+        # have adopted it, and their accusations then repeat it: we step over those
+        # like an earlier life's (capped), or a forged alive would have us declared dead
         if u.incarnation > me.incarnation:
-            self._forged(f"a {m.STATE_NAMES[u.state]} update about us at incarnation {u.incarnation}, above ours ({me.incarnation})")
+            if u.state != ALIVE and u.incarnation <= STEP_OVER_MAX:
+                self._refute(u.incarnation)
+            else:
+                self._forged(f"a {m.STATE_NAMES[u.state]} update about us at incarnation {u.incarnation}, above ours ({me.incarnation})")
         elif u.state != ALIVE:
             if u.incarnation == me.incarnation:
                 self._refute()
@@ -773,7 +780,8 @@ class Membership:
 
     def _refute(self, above: int | None = None) -> None:
         """Broadcasts our alive one incarnation above ours, or above ``above``
-        (an earlier life's, at least ours and at most STEP_OVER_MAX)."""
+        (an accusation above ours: an earlier life's, or one repeating a forged
+        alive of ours; at least ours and at most STEP_OVER_MAX)."""
         me = self._me
         if self._leaving:
             return
@@ -912,8 +920,7 @@ class Membership:
         self._out.append(PushPull(dest, data, join))
 
     def _sync_with(self, name: str, src: tuple[str, int], now: float) -> None:
-        """A member we do not know probes us (we missed its join), or one suspects
-        us above our incarnation (an earlier life of ours?). Exchange full
+        """A member we do not know probes us (we missed its join). Exchange full
         state with it (over TCP, so its address is real), at most one such
         exchange per ``probe_interval`` and per pinger per ``push_pull_interval``."""
         c = self.config

@@ -376,12 +376,11 @@ def test_hostile_messages_are_handled_or_counted_and_never_raise(traffic):
 def test_a_refutation_never_goes_past_the_largest_incarnation():
     # found by the fuzz test above: anybody's ping suspecting us at the largest
     # incarnation made us refute to 2**63, so every member dropped every packet
-    # carrying our alive as "bad incarnation". We never issued that incarnation:
-    # forged, not refuted; the ack still carries our alive, at our incarnation
+    # carrying our alive as "bad incarnation". Above STEP_OVER_MAX it is forged,
+    # not refuted; the ack still carries our alive, at our incarnation
     a = trio_of_members()["a"]
     a.receive_packet(m.encode_with_updates(m.ping_fields("x", 5, 1, "a", m.MAX_INCARNATION), []), STRANGER, 1.0)
     assert a.incarnation == 0 and a.counters["forged_incarnations"] == 1 and a.counters["refutations"] == 0
-    assert a.incarnation <= m.MAX_INCARNATION
     acks = []
     for out in a.take_outgoing():
         if isinstance(out, SendPacket):
@@ -405,22 +404,51 @@ def own_alive(a: Membership) -> list[int]:
     return incs
 
 
-def test_news_of_us_in_our_own_epoch_above_our_incarnation_is_forged_and_ignored():
+def test_alive_news_of_us_in_our_own_epoch_above_our_incarnation_is_forged_and_ignored():
     ms = trio_of_members()
     a, b = ms["a"], ms["b"]
     n = 0
-    for state in (m.SUSPECT, m.DEAD, m.LEFT, m.ALIVE):
-        for inc in (1, 2, 1000, STEP_OVER_MAX, m.MAX_INCARNATION):  # a ratchet, step by step, and jumps
-            a.receive_packet(gossip("b", b.epoch, about(state, "a", inc, a.epoch)), ADDRS["b"], 1.0)
-            n += 1
-            assert a.incarnation == 0 and a.counters["forged_incarnations"] == n
-    # the same through a push-pull (dead entries about us are not merged as suspicions)
-    a.stream_request(m.encode_push_pull("b", b.epoch, False, [m.encode_update(about(m.DEAD, "a", 7, a.epoch))]), ADDRS["b"], 1.0)
-    assert a.incarnation == 0 and a.counters["forged_incarnations"] == n + 1
+    for inc in (1, 2, 1000, STEP_OVER_MAX, m.MAX_INCARNATION):  # a ratchet, step by step, and jumps
+        a.receive_packet(gossip("b", b.epoch, about(m.ALIVE, "a", inc, a.epoch)), ADDRS["b"], 1.0)
+        n += 1
+        assert a.incarnation == 0 and a.counters["forged_incarnations"] == n
     assert a.counters["refutations"] == 0 and a.health == 0 and a.get("a").state == "alive"
     assert all("we never issued it" in note for note in a.take_notes())
     a.tick(a.next_wakeup())
     assert set(own_alive(a)) <= {0}
+
+
+def test_an_accusation_of_us_in_our_own_epoch_above_our_incarnation_is_stepped_over_up_to_step_over_max():
+    # anybody may send alive news, so the others may hold a forged alive of ours above
+    # our incarnation; their accusations then repeat it, and we must refute above it
+    ms = trio_of_members()
+    a, b = ms["a"], ms["b"]
+    for state in (m.SUSPECT, m.DEAD, m.LEFT):
+        for step in (1, 2, 1000):
+            inc = a.incarnation + step
+            a.receive_packet(gossip("b", b.epoch, about(state, "a", inc, a.epoch)), ADDRS["b"], 1.0)
+            assert a.incarnation == inc + 1 and a.get("a").state == "alive"
+    a.tick(a.next_wakeup())
+    assert max(own_alive(a)) == a.incarnation  # gossiped
+    refuted = a.counters["refutations"]
+    assert refuted == 9 and a.counters["forged_incarnations"] == 0
+    # the same through a push-pull (dead entries about us are not merged as suspicions)
+    inc = a.incarnation + 7
+    a.stream_request(m.encode_push_pull("b", b.epoch, False, [m.encode_update(about(m.DEAD, "a", inc, a.epoch))]), ADDRS["b"], 1.0)
+    assert a.incarnation == inc + 1 and a.counters["refutations"] == refuted + 1
+    # above STEP_OVER_MAX: forged, ignored and counted
+    before = a.incarnation
+    for state in (m.SUSPECT, m.DEAD, m.LEFT):
+        for inc in (STEP_OVER_MAX + 1, m.MAX_INCARNATION):
+            a.receive_packet(gossip("b", b.epoch, about(state, "a", inc, a.epoch)), ADDRS["b"], 1.0)
+    assert a.incarnation == before and a.counters["forged_incarnations"] == 6
+    assert a.counters["refutations"] == refuted + 1
+    # at STEP_OVER_MAX: stepped over, still 2**62 incarnations of room for refuting
+    a.receive_packet(gossip("b", b.epoch, about(m.SUSPECT, "a", STEP_OVER_MAX, a.epoch)), ADDRS["b"], 1.0)
+    assert a.incarnation == STEP_OVER_MAX + 1 and m.MAX_INCARNATION - a.incarnation >= 2**62 - 1
+    a.tick(a.next_wakeup())
+    for out in a.take_outgoing():  # whatever it sends, every member can decode
+        m.decode_packet(out.data) if isinstance(out, SendPacket) else m.decode_push_pull(out.data)
 
 
 def test_an_accusation_at_our_incarnation_is_still_refuted():
@@ -448,21 +476,36 @@ def test_an_accusation_at_our_incarnation_is_still_refuted():
     assert b.get("a").state == "alive" and b.get("a").incarnation == 3
 
 
-def test_a_ping_suspecting_us_above_our_incarnation_asks_the_pinger_for_its_state():
+def test_a_ping_suspecting_us_above_our_incarnation_is_stepped_over_up_to_step_over_max():
+    # a ping's suspicion carries no epoch: an earlier life of ours the pinger still
+    # suspects (a restart), or a forged alive of ours it adopted; refuted above it
     ms = trio_of_members()
     a, b = ms["a"], ms["b"]
     a.receive_packet(m.encode_with_updates(m.ping_fields("b", b.epoch, 7, "a", 5), []), ADDRS["b"], 1.0)
-    assert a.incarnation == 0 and a.counters["forged_incarnations"] == 1
+    assert a.incarnation == 6 and a.counters["refutations"] == 1 and a.counters["forged_incarnations"] == 0
     out = a.take_outgoing()
-    (pp,) = [o for o in out if isinstance(o, PushPull)]
-    assert pp.dest == ADDRS["b"] and not pp.join
-    # the pinger's state shows why: an earlier life of ours at 5 (another epoch): stepped over
-    earlier = about(m.SUSPECT, "a", 5, a.epoch ^ 1, "b")
-    a.stream_reply(ADDRS["b"], m.encode_push_pull("b", b.epoch, False, [m.encode_update(earlier)]), 1.01, join=False)
-    assert a.incarnation == 6 and a.counters["refutations"] == 1
-    # a second such ping soon after: no second exchange (rate-limited)
-    a.receive_packet(m.encode_with_updates(m.ping_fields("b", b.epoch, 8, "a", 9), []), ADDRS["b"], 1.02)
-    assert not [o for o in a.take_outgoing() if isinstance(o, PushPull)]
+    assert not [o for o in out if isinstance(o, PushPull)]  # b is known: no exchange needed
+    (ack,) = [m.decode_packet(o.data) for o in out if isinstance(o, SendPacket) and m.decode_packet(o.data).kind == m.ACK]
+    assert ("a", m.ALIVE, 6) in [(u.name, u.state, u.incarnation) for u in ack.updates]
+    # above STEP_OVER_MAX: forged, ignored and counted; the ack still carries our alive
+    for inc in (STEP_OVER_MAX + 1, m.MAX_INCARNATION):
+        a.receive_packet(m.encode_with_updates(m.ping_fields("b", b.epoch, 8, "a", inc), []), ADDRS["b"], 1.1)
+    assert a.incarnation == 6 and a.counters["forged_incarnations"] == 2 and a.counters["refutations"] == 1
+    assert set(own_alive(a)) == {6}
+    a.receive_packet(m.encode_with_updates(m.ping_fields("b", b.epoch, 9, "a", STEP_OVER_MAX), []), ADDRS["b"], 1.2)
+    assert a.incarnation == STEP_OVER_MAX + 1
+
+
+def test_a_member_that_has_not_joined_refutes_a_ping_suspecting_an_earlier_life():
+    # restarted, its seeds silent: the members that still suspect its earlier life at 3
+    # ping it; it refutes at once, joined or not, and its ack carries the refutation
+    a = Membership("a", ADDRS["a"], {}, GossipConfig(), 0.0, random.Random(9))
+    a.join([("10.200.0.1", 7946)], 0.0)
+    a.take_outgoing()
+    assert not a.joined
+    a.receive_packet(m.encode_with_updates(m.ping_fields("b", 77, 7, "a", 3), []), ADDRS["b"], 1.0)
+    assert a.incarnation == 4 and a.counters["refutations"] == 1
+    assert 4 in own_alive(a)
 
 
 def test_an_earlier_life_is_stepped_over_only_up_to_step_over_max():
@@ -494,7 +537,7 @@ def test_no_path_raises_an_incarnation_past_the_largest():
     for out in a.take_outgoing():  # whatever it sends, every member can decode
         m.decode_packet(out.data) if isinstance(out, SendPacket) else m.decode_push_pull(out.data)
     # the others take the leave at the same incarnation: left beats alive
-    b.receive_packet(gossip("b", b.epoch, about(m.ALIVE, "a", m.MAX_INCARNATION, a.epoch)), ADDRS["c"], 1.2)
+    b.receive_packet(gossip("c", ms["c"].epoch, about(m.ALIVE, "a", m.MAX_INCARNATION, a.epoch)), ADDRS["c"], 1.2)
     assert b.get("a").incarnation == m.MAX_INCARNATION
     b.receive_packet(gossip("a", a.epoch, a.self_update()), ADDRS["a"], 1.3)
     assert b.get("a").state == "left"
