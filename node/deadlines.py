@@ -20,7 +20,7 @@ connection's cancel scope when a call says it moved.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Callable, Protocol
 
 IDLE_SLACK = 1.25
 
@@ -55,15 +55,18 @@ class ConnDeadline:
             return True
         return False
 
-    def answered(self, now: float, pending: int) -> bool:
+    def answered(self, clock: Callable[[], float], pending: int) -> bool:
         """Every complete frame was answered; ``pending``: bytes of an
-        incomplete frame still buffered."""
+        incomplete frame still buffered. ``clock`` is read only when the
+        deadline moves (not in the usual case: nothing incomplete, before or
+        now)."""
         if not pending:
             if self.partial_since is not None:
-                self._idle(now)
+                self._idle(clock())
                 return True
             return False
         if self.partial_since is None:
+            now = clock()
             self.partial_since = now  # a new frame has begun
             self.deadline = now + min(self.frame_timeout, self.idle_timeout)
             return True

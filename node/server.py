@@ -272,7 +272,7 @@ class Server:
                 answered = await self._run_frames(conn)
                 if answered < 0 or conn.eof:
                     return
-                if timer.answered(now(), decoder.pending):
+                if timer.answered(now, decoder.pending):
                     conn.scope.deadline = timer.deadline
         if conn.scope.cancelled_caught:
             self.counters.timeouts += 1
