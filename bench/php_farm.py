@@ -51,10 +51,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from node.farm import converged
+from node.farm import converged, die_with_parent
 
 from .report import percentile
-from .servers import DEFAULT_NODE_CMD, BenchError, MsessionServer, RedisServer, _Child, _die_with_parent, find_redis, free_port, proc_cpu_seconds
+from .servers import DEFAULT_NODE_CMD, BenchError, MsessionServer, RedisServer, _Child, find_redis, free_port, proc_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "clients" / "php" / "tests" / "farm"  # the web-farm test's page
@@ -88,7 +88,7 @@ class MemcachedServer(_Child):
         if os.geteuid() == 0:
             cmd += ["-u", "root"]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.logfile, stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent)
+                                     start_new_session=True, preexec_fn=die_with_parent)
         if _wait_port(self.port, self.proc, timeout):
             return self
         log = self.log()
@@ -118,7 +118,7 @@ class PhpServer:
         self.log = b""
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE if log else subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent)  # its own group, and dies with us
+                                     start_new_session=True, preexec_fn=die_with_parent)  # its own group, and dies with us
         self._reader = threading.Thread(target=self._drain, daemon=True) if log else None
         if self._reader:
             self._reader.start()

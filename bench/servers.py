@@ -50,12 +50,6 @@ def machine_cpu() -> tuple[float, float, float]:
     return busy / CLK_TCK, (idle + iowait) / CLK_TCK, steal / CLK_TCK
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: new session, and SIGKILL when the bench process dies."""
-    os.setsid()
-    die_with_parent()
-
-
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -198,7 +192,7 @@ class RedisServer(_Child):
                     "--dir", self.dir, "--logfile", "", "--protected-mode", "yes",
                 ],
                 cwd=self.dir, stdin=subprocess.DEVNULL, stdout=self.logfile, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
             if self._wait_ready(timeout):
                 return self

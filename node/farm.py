@@ -71,14 +71,20 @@ class FarmError(Exception):
     """The farm cannot start or went wrong; the message says what and why."""
 
 
+try:  # looked up here, not in the child: loading a library after fork in a threaded process can deadlock
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover (not Linux)
+    _prctl = None
+_PR_SET_PDEATHSIG = 1
+
+
 def die_with_parent() -> None:
-    """preexec_fn: SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG).
-    The benchmark and the tests use it too."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    """preexec_fn: SIGKILL this process when its parent dies (Linux
+    PR_SET_PDEATHSIG). Strictly: when the *thread* that forked it ends, so
+    start children from a thread that lives as long as they should (the
+    main thread, in the farm, the tests and the benchmark, which use it too)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 # -- the launcher -------------------------------------------------------------------------

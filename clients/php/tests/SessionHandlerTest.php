@@ -176,17 +176,25 @@ final class SessionHandlerTest extends TestCase
         // The slow request first: it marks a file once session_start() has returned, holding the lock.
         $mark = tempnam(sys_get_temp_dir(), 'msession-mark');
         unlink($mark);
+        $running = [];
         try {
-            $slow = $this->start(['sid' => $sid, 'ops' => [['mark', $mark], ['inc', 'n'], ['set', 'slow', 1], ['sleep', 1600]]], $ini);
-            msession_wait_until(function () use ($mark, $slow) {
+            $running['slow'] = $this->start(['sid' => $sid, 'ops' => [['mark', $mark], ['inc', 'n'], ['set', 'slow', 1], ['sleep', 1600]]], $ini);
+            msession_wait_until(function () use ($mark, $running) {
                 clearstatcache(true, $mark);
-                return is_file($mark) || !proc_get_status($slow[0])['running'];
+                return is_file($mark) || !proc_get_status($running['slow'][0])['running'];
             }, 20, 'the slow request to take the lock');
             $this->assertFileExists($mark, 'the slow request ended without taking the lock');
-            $fast = $this->start(['sid' => $sid, 'ops' => [['inc', 'n'], ['set', 'fast', 1]]], $ini);
-            [$slow, $fast] = [$this->finish($slow), $this->finish($fast)];
+            $running['fast'] = $this->start(['sid' => $sid, 'ops' => [['inc', 'n'], ['set', 'fast', 1]]], $ini);
+            $slow = $this->finish($running['slow']);
+            unset($running['slow']);
+            $fast = $this->finish($running['fast']);
+            unset($running['fast']);
         } finally {
             @unlink($mark);
+            foreach ($running as [$proc]) {  // a failed wait or assertion: no request outlives the test
+                proc_terminate($proc);
+                proc_close($proc);
+            }
         }
         $this->assertTrue($slow['started']);
         $this->assertStringContainsString('NOT saved', implode("\n", $slow['warnings']));
