@@ -22,7 +22,7 @@ import trio
 from protocol.codec import ClientProtocol, ProtocolError, Response
 from protocol.constants import Cmd
 
-from .messages import member_hello
+from .peer_wire import member_hello
 
 READ_SIZE = 262144
 MAX_ANSWER = 256 * 1024 * 1024

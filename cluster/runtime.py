@@ -44,7 +44,7 @@ from protocol.client import NOT_IDEMPOTENT, lock_wait, lock_may_wait
 from protocol.codec import FrameDecoder, ProtocolError, frame
 from protocol.constants import Cmd, error_name
 
-from . import handoff, messages, router
+from . import handoff, peer_wire, router
 from .link import LinkDown, PeerLink
 from .membership import GossipConfig, Membership, PushPull, SendPacket
 from .ring import Ring, ring_for
@@ -396,7 +396,7 @@ class Cluster:
         # are cancelled) the owner drops the waiter at once.
         alone = lock_may_wait(cmd, args)
         timeout = self.config.forward_timeout + lock_wait(cmd, args) if alone else self.config.forward_timeout
-        return await self.call(owner, Cmd.FWD, messages.fwd_args(hops, cmd, args), timeout, cmd, alone)
+        return await self.call(owner, Cmd.FWD, peer_wire.fwd_args(hops, cmd, args), timeout, cmd, alone)
 
     async def call(self, name: str, cmd: int, args: list, timeout: float, inner: int | None = None,
                    alone: bool = False) -> Any:

@@ -26,8 +26,8 @@ from typing import Any, Callable
 import outcome
 import trio
 
-from cluster.messages import is_member_hello as _from_member
-from cluster.messages import parse_fwd as _unwrap
+from cluster.peer_wire import is_member_hello as _from_member
+from cluster.peer_wire import parse_fwd as _unwrap
 from protocol.client import lock_may_wait
 from protocol.codec import Encoder, FrameDecoder, ProtocolError, decode_request
 from protocol.constants import Cmd, Err

@@ -1,15 +1,21 @@
-"""FWD's envelope and a member's HELLO (cluster/messages.py): what the cluster
+"""FWD's envelope and a member's HELLO (cluster/peer_wire.py): what the cluster
 builds is what the server reads, through the real codec."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hypothesis import given, strategies as st
 
-from cluster.messages import fwd_args, is_member_hello, member_hello, parse_fwd
+from cluster.peer_wire import fwd_args, is_member_hello, member_hello, parse_fwd
 from node.commands import CommandError
 from protocol.codec import ClientProtocol, decode_request
 from protocol.constants import PROTOCOL_VERSION, Cmd
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def over_the_wire(cmd: int, args: list) -> list:
@@ -81,3 +87,14 @@ def test_only_decoded_arguments_count():
     assert is_member_hello([PROTOCOL_VERSION, {b"member": True, b"other": 1}])
     for args in (None, b"", {}, (PROTOCOL_VERSION, {b"member": True})):
         assert not is_member_hello(args)
+
+
+def test_the_membership_core_imports_nothing_of_the_node():
+    # the gossip codec, the membership and its simulator are sans-I/O: the node's
+    # commands, store and plugins stay out (FWD and HELLO live in peer_wire.py)
+    code = (
+        "import sys, cluster.membership, cluster.sim, cluster.messages\n"
+        "print(sorted(n for n in sys.modules if n == 'node' or n.startswith('node.') or n in ('trio', 'cluster.peer_wire')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout
