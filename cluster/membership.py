@@ -286,8 +286,8 @@ class Membership:
             raise ValueError(f"member meta must encode to at most {m.MAX_META} bytes")
         if self._leaving:
             return
-        self._me.meta = dict(meta)
         if self._raise_incarnation(self._me.incarnation + 1, "carry a new meta"):
+            self._me.meta = dict(meta)  # only with a new incarnation: else nobody could learn it
             self._broadcast(self._me.update())
 
     def leave(self, now: float) -> None:

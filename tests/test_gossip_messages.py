@@ -528,8 +528,10 @@ def test_no_path_raises_an_incarnation_past_the_largest():
     a._me.incarnation = m.MAX_INCARNATION  # out of reach in practice: 2**62 refutations past STEP_OVER_MAX
     a.receive_packet(m.encode_with_updates(m.ping_fields("b", b.epoch, 7, "a", m.MAX_INCARNATION), []), ADDRS["b"], 1.0)
     a.receive_packet(gossip("b", b.epoch, about(m.SUSPECT, "a", m.MAX_INCARNATION, a.epoch)), ADDRS["b"], 1.0)
+    meta = a.get("a").meta
     a.update_meta({"port": 1}, 1.0)
     assert a.incarnation == m.MAX_INCARNATION and a.counters["refutations"] == 0
+    assert a.get("a").meta == meta and a.self_update().meta == meta  # refused: the meta stays too
     assert any("cannot refute" in n for n in a.take_notes())
     a.leave(1.1)
     assert a.get("a").state == "left" and a.incarnation == m.MAX_INCARNATION
