@@ -92,11 +92,14 @@ class Config:
 
 def parse_seed(text: str) -> tuple[str, int]:
     """A seed's ``host:port`` as ``(host, port)``: an IPv6 host may be
-    bracketed (``[::1]:7946`` gives ``::1``), the port is 1..65535. ValueError
-    for anything else. Config validation and the cluster's resolver both use it."""
+    bracketed (``[::1]:7946`` gives ``::1``: one leading '[' with its matching
+    trailing ']'), the port is 1..65535. ValueError for anything else (an
+    unmatched or extra bracket included). Config validation and the cluster's
+    resolver both use it."""
     host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
+    if len(host) >= 2 and host[0] == "[" and host[-1] == "]":
+        host = host[1:-1]
+    if not sep or not host or "[" in host or "]" in host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
         raise ValueError(f"seed {text!r} is not host:port")
     return host, int(port)
 

@@ -23,13 +23,15 @@ def test_a_seed_is_host_and_port(text, expected):
 @pytest.mark.parametrize("text", [
     "", "nonsense", "h:", ":7946", "[]:7946", "h:0", "h:65536", "h:notaport",
     "h:-1", "h:+1", "h: 1", "h:1_0", "h:1.5", "h:\N{SUPERSCRIPT TWO}", "h:\N{FULLWIDTH DIGIT ONE}",
+    # brackets: only one matching pair around the whole host
+    "[h:1", "h]:1", "[[h]]:1", "[h]]:1", "[[h]:1", "[h]x:1", "x[h]:1", "[::1:7946", "::1]:7946", "[]]:1", "[:1",
 ])
 def test_anything_else_is_a_value_error(text):
     with pytest.raises(ValueError):
         parse_seed(text)
 
 
-@pytest.mark.parametrize("seed", ["[]:7946", "h:0", "h:\N{SUPERSCRIPT TWO}", "h:65536"])
+@pytest.mark.parametrize("seed", ["[]:7946", "[h:1", "h]:1", "[[h]]:1", "h:0", "h:\N{SUPERSCRIPT TWO}", "h:65536"])
 def test_the_configuration_refuses_what_the_parser_refuses(seed):
     # (A superscript digit passed str.isdigit() and then crashed int().)
     with pytest.raises(ConfigError, match="must be host:port"):
