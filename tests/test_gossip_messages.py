@@ -201,8 +201,9 @@ def _fields(kind: int, sender: str, epoch: int, draw) -> list:
 
 
 @st.composite
-def hostile(draw, push_pull: bool = False):
-    """A well-formed message (``bytes``) with hostile values, or one broken in one field."""
+def hostile(draw, push_pull: bool = False, drawn: bool = False):
+    """A well-formed message (``bytes``) with hostile values, or one broken in one field.
+    With ``drawn``: ``(bytes, the updates drawn, whether a field was broken)``."""
     sender, epoch, updates = draw(NAMES), draw(EPOCH), draw(UPDATES)
     encoded = [m.encode_update(u) for u in updates]
     if push_pull:
@@ -217,7 +218,8 @@ def hostile(draw, push_pull: bool = False):
             where = msg[-1][draw(st.integers(0, len(msg[-1]) - 1))]
         where[draw(st.integers(0, len(where) - 1))] = draw(st.sampled_from(WRONG))
         data = msgpack.packb(msg, use_bin_type=True)
-    return data
+        return (data, updates, True) if drawn else data
+    return (data, updates, False) if drawn else data
 
 
 def _decoded(decode, data: bytes):
@@ -233,17 +235,23 @@ def _decodes(decode, data: bytes) -> bool:
 
 
 @settings(max_examples=300)
-@given(hostile(), hostile(push_pull=True))
+@given(hostile(drawn=True), hostile(push_pull=True, drawn=True))
 def test_hostile_messages_decode_exactly_or_raise_bad_message(packet, push_pull):
-    for decode, data, other in ((m.decode_packet, packet, m.decode_push_pull), (m.decode_push_pull, push_pull, m.decode_packet)):
+    for decode, (data, updates, broken), other in (
+        (m.decode_packet, packet, m.decode_push_pull),
+        (m.decode_push_pull, push_pull, m.decode_packet),
+    ):
         try:
             msg = decode(data)
         except m.BadMessage:
+            assert broken  # every well-formed message decodes, whatever its values
             event("broken")
             continue
-        event("well-formed")
-        # what decodes is what was encoded: encoding the decoded updates gives the same bytes
+        event("well-formed" if not broken else "broken, yet decodes")
         ups = msg.entries if decode is m.decode_push_pull else msg.updates
+        if not broken:  # what decodes is what was encoded: exactly the updates drawn
+            assert list(ups) == list(updates)
+        # and encoding the decoded updates gives the same bytes
         assert data.endswith(b"".join(m.encode_update(u) for u in ups))
         assert not _decodes(other, data)  # a packet is never a push-pull, nor the reverse
 
