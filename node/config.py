@@ -19,7 +19,10 @@ class ConfigError(Exception):
 class Config:
     """Frozen: a Node copies limits out of it for its quick argument paths, so
     a value changed under a running node would not be obeyed. A different
-    configuration is a new Config (``dataclasses.replace``) and a new node."""
+    configuration is a new Config (``dataclasses.replace``) and a new node.
+    The freeze is shallow: the lists and dicts (``seeds``, ``plugins``,
+    ``plugin_options``) are read once at start-up and must not be changed in
+    place either."""
 
     bind: str = "127.0.0.1"
     port: int = DEFAULT_PORT
