@@ -322,6 +322,16 @@ def test_a_partition_that_outlasts_dead_reap_heals_through_the_seeds():
     assert c.run_until_converged(4 * cfg.push_pull_interval) is not None, c.views()
 
 
+def _six_members_and_a_victim(loss: float):
+    """A converged simulated farm of six (seed 21), settled 2 s, and the member
+    the forgery tests aim at."""
+    c = SimCluster(seed=21, loss=loss)
+    names = c.start(6)
+    assert c.run_until_converged(5.0) is not None
+    c.run_for(2.0)
+    return c, names, c.hosts[names[3]]
+
+
 def test_forged_news_of_a_member_above_its_incarnation_never_breaks_it_nor_the_farm():
     """An attacker floods one member with pings suspecting it at incarnations
     it never issued (up to the largest), from a stranger and under other
@@ -336,11 +346,7 @@ def test_forged_news_of_a_member_above_its_incarnation_never_breaks_it_nor_the_f
     from cluster import messages as m
     from cluster.membership import STEP_OVER_MAX
 
-    c = SimCluster(seed=21, loss=0.02)
-    names = c.start(6)
-    assert c.run_until_converged(5.0) is not None
-    c.run_for(2.0)
-    victim = c.hosts[names[3]]
+    c, names, victim = _six_members_and_a_victim(loss=0.02)
     v = victim.mem
     stranger = ("10.9.9.9", 7946)
     t = start = c.now
@@ -392,11 +398,7 @@ def test_a_forged_alive_of_a_member_sent_to_the_others_does_not_get_it_declared_
     declared dead (after c4df8f9 it took them for forged and was, each time)."""
     from cluster import messages as m
 
-    c = SimCluster(seed=21, loss=0.0)
-    names = c.start(6)
-    assert c.run_until_converged(5.0) is not None
-    c.run_for(2.0)
-    victim = c.hosts[names[3]]
+    c, names, victim = _six_members_and_a_victim(loss=0.0)
     v = victim.mem
     inc0 = v.incarnation
     stranger = ("10.9.9.9", 7946)
