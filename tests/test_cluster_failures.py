@@ -12,14 +12,14 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from cluster.ring import ring_for
-from procs import ROOT, Farm, NodeProcess, die_with_parent, free_port, wait_for
+from node.farm import NodeChild, serve_args
+from procs import ROOT, Farm, NodeProcess, free_port, wait_for
 from protocol.client import Client, MsessionError
 from test_cluster import contract_run, info_sessions, live_names, live_nodes, outcome, sids_owned
 
@@ -90,7 +90,7 @@ def test_sigkilled_node_is_declared_dead_by_every_survivor_within_the_bound(farm
     try:
         killed_wall = time.time()
         killed = time.monotonic()
-        victim.proc.send_signal(signal.SIGKILL)
+        victim.send(signal.SIGKILL)
         deadline = killed + 10
         while len(seen) < len(survivors) and time.monotonic() < deadline:
             for node in survivors:
@@ -325,7 +325,7 @@ def test_request_forwarded_to_an_owner_that_dies_gets_a_clear_error(farms):
     assert t1.is_alive() and "lock" not in results
     killed = time.monotonic()
     results["read_until"] = killed + 3
-    owner.proc.send_signal(signal.SIGKILL)
+    owner.send(signal.SIGKILL)
     t1.join(15)
     t2.join(15)
     assert not t1.is_alive() and not t2.is_alive()
@@ -342,27 +342,24 @@ def test_request_forwarded_to_an_owner_that_dies_gets_a_clear_error(farms):
 # -- 8. start-up errors -------------------------------------------------------------------------------
 
 
-def _serve(*args: str, timeout: float = 15.0) -> tuple[int | None, str]:
-    """Runs ``msession serve`` expecting it to exit; (returncode, stderr)."""
-    with subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--bind", "127.0.0.1", *args],
-                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          preexec_fn=die_with_parent) as proc:
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-            return None, err.decode(errors="replace")
-        finally:
-            if proc.poll() is None:  # interrupted: no node outlives the test
-                proc.kill()
-    return proc.returncode, err.decode(errors="replace")
+def _serve(*args: str, port: int = 0, gossip_port: int = 0, timeout: float = 15.0) -> tuple[int | None, str]:
+    """Runs ``msession serve`` on 127.0.0.1 expecting it to exit: (returncode,
+    stderr); None if still running after ``timeout`` s. node.farm's launcher, as
+    for every node of the tests: no MSESSION_* variable of ours reaches it."""
+    node = NodeChild(serve_args(port=port, gossip_port=gossip_port, extra=args), cwd=ROOT, name="serve")
+    try:
+        rc = node.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        rc = None
+    finally:
+        node.stop(signal.SIGKILL, 0)  # no node outlives the test; its stderr read to the end
+    return rc, node.text()
 
 
 def test_a_name_alive_elsewhere_is_refused_with_a_clear_message(farm):
     taken = farm.nodes[0]
     seeds = ",".join(n.gossip_address for n in farm.nodes[1:])
-    rc, err = _serve("--port", "0", "--gossip-port", "0", "--name", taken.name, "--seeds", seeds)
+    rc, err = _serve("--name", taken.name, "--seeds", seeds)
     assert rc not in (None, 0), f"rc={rc}: {err[-2000:]}"
     assert taken.name in err and "already used" in err, err[-2000:]
     assert "Traceback" not in err, err[-3000:]
@@ -392,7 +389,7 @@ def test_seeds_that_do_not_answer_give_a_warning_and_the_node_serves():
 
 def test_gossip_port_equal_to_the_port_is_one_clear_line():
     port = free_port()
-    rc, err = _serve("--port", str(port), "--gossip-port", str(port))
+    rc, err = _serve(port=port, gossip_port=port)
     assert rc == 2, (rc, err)
     assert len(err.strip().splitlines()) == 1 and "gossip_port" in err and str(port) in err, err
 
@@ -408,7 +405,7 @@ def test_gossip_port_in_use_is_one_clear_line(kind):
         blocker.bind(("127.0.0.1", 0))
     port = blocker.getsockname()[1]
     try:
-        rc, err = _serve("--port", "0", "--gossip-port", str(port))
+        rc, err = _serve(gossip_port=port)
     finally:
         blocker.close()
     assert rc not in (None, 0), (rc, err)
