@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from protocol.client import Client, MsessionError
@@ -48,7 +48,7 @@ from .config import Config, ConfigError
 ROOT = Path(__file__).resolve().parent.parent  # the directory holding node/, protocol/, cluster/
 READY = re.compile(r"msession listening on (\S+):(\d+)")
 GOSSIP = re.compile(r"gossip on (\S+):(\d+) as (\S+)")  # logged before READY, by a node with gossip
-START_TIMEOUT = 20.0  # seconds until every node listens and node 1 sees them all alive
+START_TIMEOUT = 20.0  # seconds until every node listens and sees them all alive
 STOP_TIMEOUT = 10.0  # seconds a node has after SIGTERM before SIGKILL
 KILL_WAIT = 5.0  # seconds we wait for a SIGKILLed process to be gone
 # Options the launcher decides for every node: not taken from our environment.
@@ -65,6 +65,41 @@ def converged(views: list[dict], names: set[str]) -> str | None:
             return f"{view.get('name')} sees {len(alive)} of {len(names)} alive ({', '.join(sorted(map(str, alive))) or 'none'})"
     rings = {view.get("ring") for view in views}
     return None if len(rings) <= 1 else f"{len(rings)} different rings"
+
+
+def wait_converged(addresses: Sequence[str], names: Iterable[str], timeout: float, *, interval: float = 0.05,
+                   check: Callable[[], None] | None = None, sleep: Callable[[float], object] = time.sleep,
+                   status_timeout: float = 2.0) -> str | None:
+    """Polls STATUS of every node at ``addresses`` (HOST:PORT), a round at a time,
+    until ``converged`` says None of their answers and ``names`` (None returned),
+    or ``timeout`` seconds have passed (what is still missing returned). A STATUS
+    that fails is "not yet". After a round that did not converge ``check`` is
+    called (it may raise: no more waiting), then ``sleep(interval)``. Bounded:
+    returns within ``timeout`` + one round (at most ``status_timeout`` + 1 s a
+    node) + ``interval``. Used by ``msession farm`` and the tests' farms."""
+    names = set(names)
+    deadline = time.monotonic() + timeout
+    while True:
+        views, missing = [], None
+        for address in addresses:
+            try:
+                with Client(nodes=[address], timeout=status_timeout, connect_timeout=1.0) as client:
+                    views.append(client.status())
+            except MsessionError as exc:
+                missing = f"{address}: STATUS failed: {exc}"
+                break
+            except (OSError, ValueError, AttributeError, TypeError) as exc:
+                missing = f"{address}: STATUS failed: {exc!r}"
+                break
+        else:
+            missing = converged(views, names)
+            if missing is None:
+                return None
+        if check is not None:
+            check()
+        if time.monotonic() > deadline:
+            return missing
+        sleep(interval)
 
 
 class FarmError(Exception):
@@ -389,26 +424,14 @@ class Farm:
                 raise FarmError(f"{node.name} did not start listening within {self.start_timeout:g} s; "
                                 "its last lines:\n" + node.last_lines())
 
-    def _sees_all(self, node: NodeChild) -> str | None:
-        """None when ``node`` sees every node alive, else what it sees."""
-        try:
-            with Client(nodes=[node.address], timeout=2.0, connect_timeout=1.0) as client:
-                status = client.status()
-        except MsessionError as exc:
-            return f"STATUS failed: {exc}"
-        except (OSError, ValueError, AttributeError, TypeError) as exc:
-            return f"STATUS failed: {exc!r}"
-        return converged([status], {n.name for n in self.nodes})
-
     def _wait_members(self, deadline: float) -> None:
-        """Until node 1, then every other node, sees all of them alive."""
-        for node in self.nodes:
-            while (seen := self._sees_all(node)) is not None:
-                self._check()
-                if time.monotonic() > deadline:
-                    raise FarmError(f"{node.name} ({node.address}) does not see all {len(self.nodes)} members "
-                                    f"alive within {self.start_timeout:g} s: {seen}")
-                self._wake.wait(0.2)
+        """Until every node sees all of them alive (and the same ring)."""
+        missing = wait_converged([n.address for n in self.nodes], [n.name for n in self.nodes],
+                                 max(0.0, deadline - time.monotonic()), interval=0.2,
+                                 check=self._check, sleep=self._wake.wait)
+        if missing is not None:
+            raise FarmError(f"the {len(self.nodes)} nodes do not all see each other alive "
+                            f"within {self.start_timeout:g} s: {missing}")
 
     # -- stop -----------------------------------------------------------------------
     def stop(self) -> list[str]:

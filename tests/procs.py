@@ -11,8 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.servers import free_port  # noqa: E402,F401  (tests take it from here)
-from node.farm import NodeChild, converged, serve_args  # noqa: E402
-from node.farm import die_with_parent  # noqa: E402,F401  (tests take it from here)
+from node.farm import NodeChild, serve_args, wait_converged  # noqa: E402
 
 
 _live: "set[NodeProcess]" = set()
@@ -116,19 +115,10 @@ class Farm:
 
     def wait_converged(self, timeout: float = 20.0) -> None:
         """Until every running node sees every running node alive, and the same ring."""
-        deadline = time.monotonic() + timeout
-        while True:
-            live = [n for n in self.nodes if n.proc.poll() is None]
-            names = {n.name for n in live}
-            try:
-                if converged([self.status(n) for n in live], names) is None:
-                    return
-            except Exception:  # a node still starting
-                if time.monotonic() > deadline:
-                    raise
-            if time.monotonic() > deadline:
-                raise AssertionError(f"farm did not converge in {timeout} s: {[self.states(n) for n in live]}")
-            time.sleep(0.05)
+        live = [n for n in self.nodes if n.proc.poll() is None]
+        missing = wait_converged([n.address for n in live], [n.name for n in live], timeout, status_timeout=5.0)
+        if missing is not None:
+            raise AssertionError(f"farm did not converge in {timeout} s: {missing}")
 
     def stop(self) -> None:
         for node in self.nodes:
