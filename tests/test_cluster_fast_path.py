@@ -1,0 +1,61 @@
+"""A member's fast path (``Cluster._solo``: alone in the ring, nothing on its
+way here, so every request runs here without routing) with real members in
+this process, over loopback, on trio's mock clock (running at real speed, and
+jumped past ``TAKE_WINDOW``)."""
+
+from __future__ import annotations
+
+import trio
+
+from cluster import handoff
+from cluster.runtime import Cluster
+from conftest import make_config
+from node.server import Server
+from procs import wait_until
+from protocol.client import AsyncClient
+
+
+async def start_member(nursery: trio.Nursery, name: str, seeds: list[str] = ()) -> Cluster:
+    """A farm member as ``msession serve`` runs one (node.server._main), in ``nursery``."""
+    config = make_config(name=name, gossip_port=0, seeds=list(seeds))
+    server = Server(config)
+    await server.listen()
+    cluster = Cluster(config, server.node, server.clock)
+    await cluster.open(server.ports[0])
+    server.cluster = cluster
+    await nursery.start(cluster.run)
+    await nursery.start(server.run)
+    return cluster
+
+
+async def test_a_member_left_alone_takes_the_fast_path_once_the_take_window_closes(mock_clock):
+    mock_clock.rate = 1.0  # gossip's timers run at real speed until we jump
+    async with trio.open_nursery() as farm:
+        a = await start_member(farm, "a")
+        await wait_until(lambda: a._solo, 5)  # a farm of one from the start
+        async with trio.open_nursery() as b_scope:
+            b = await start_member(b_scope, "b", seeds=[f"127.0.0.1:{a.gossip_port}"])
+            await wait_until(lambda: len(a.ring) == 2 and len(b.ring) == 2, 10)
+            assert not a._solo
+            with trio.fail_after(10):
+                await b.leave()  # b owns no session: nothing to hand on
+            b_scope.cancel_scope.cancel()
+        await wait_until(lambda: set(a.ring.members) == {"a"}, 10)
+        # Alone again, but b's partitions came to a just now: a request for a
+        # session a lacks there first asks b (TAKE), so no fast path yet.
+        assert a._takeovers.previous and set(a._takeovers.previous.values()) == {"b"}
+        assert not a._solo
+
+        mock_clock.jump(handoff.TAKE_WINDOW + 1)
+        await trio.sleep(0.1)  # a's timers run at the new time: nothing there turns the fast path on
+        assert not a._solo
+        async with AsyncClient("127.0.0.1", a.data_port) as client:
+            # The first keyed request after the window finds it closed ...
+            await client.create("after-the-window")
+            assert not a._takeovers.previous
+            # ... and from then on a is a farm of one again: the fast path.
+            assert a._solo
+            await client.set("after-the-window", "k", "v")
+            assert await client.get("after-the-window", "k") == b"v"
+        assert a.counters["takes"] == 0
+        farm.cancel_scope.cancel()
