@@ -51,7 +51,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from node.farm import converged, die_with_parent
+from node.farm import die_with_parent, wait_converged
 
 from .report import percentile
 from .servers import DEFAULT_NODE_CMD, BenchError, MsessionServer, RedisServer, _Child, find_redis, free_port, proc_cpu_seconds
@@ -180,21 +180,9 @@ class MsessionFarm:
         return address
 
     def wait_converged(self, n: int, timeout: float = 20.0) -> None:
-        from protocol.client import Client
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                views = []
-                for node in self.nodes:
-                    with Client(nodes=[f"127.0.0.1:{node.port}"], timeout=5) as c:
-                        views.append(c.status())
-                if converged(views, {f"bench{i + 1}" for i in range(n)}) is None:
-                    return
-            except Exception:  # a node still starting
-                pass
-            time.sleep(0.1)
-        raise BenchError(f"the {n} msession nodes did not form a farm within {timeout} s")
+        missing = wait_converged(self.addresses, {f"bench{i + 1}" for i in range(n)}, timeout, interval=0.1)
+        if missing is not None:
+            raise BenchError(f"the {n} msession nodes did not form a farm within {timeout} s: {missing}")
 
     @property
     def addresses(self) -> list[str]:
