@@ -109,6 +109,17 @@ def parse_seed(text: str) -> tuple[str, int]:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
+# MSESSION_* variables that are not node options, so a node started where they
+# are set ignores them (any other unknown one is refused, to catch typos): the
+# command line's (NODE, NODES, CONFIG) and the PHP session handler's settings
+# (clients/php/src/SessionHandler.php) that a node does not have. The handler's
+# LOCK_LEASE and LOCK_WAIT are node options too, with the same meaning (a
+# lock's lease and wait when the request gives none): they set both.
+NOT_NODE_OPTIONS = frozenset({
+    "MSESSION_NODE", "MSESSION_NODES", "MSESSION_CONFIG",
+    "MSESSION_MODE", "MSESSION_TIMEOUT", "MSESSION_ROUTE", "MSESSION_PERSISTENT", "MSESSION_SID_LENGTH",
+})
+
 
 def _coerce(name: str, value: Any) -> Any:
     if name not in FIELDS:
@@ -152,7 +163,7 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None, override
             values[key.replace("-", "_")] = _coerce(key.replace("-", "_"), value)
     env = os.environ if env is None else env
     for key, value in env.items():
-        if key.startswith("MSESSION_") and key not in ("MSESSION_NODE", "MSESSION_NODES", "MSESSION_CONFIG"):
+        if key.startswith("MSESSION_") and key not in NOT_NODE_OPTIONS:
             name = key[len("MSESSION_"):].lower()
             values[name] = _coerce(name, value)
     for key, value in (overrides or {}).items():

@@ -1,6 +1,9 @@
+import re
+from pathlib import Path
+
 import pytest
 
-from node.config import Config, ConfigError, load
+from node.config import FIELDS, NOT_NODE_OPTIONS, Config, ConfigError, load
 
 
 def test_defaults():
@@ -46,6 +49,20 @@ def test_unreadable_or_invalid_file(tmp_path):
 
 def test_client_variables_are_not_server_options():
     assert load(env={"MSESSION_NODES": "a:1", "MSESSION_CONFIG": "x"}) == Config()
+
+
+def test_the_php_handlers_environment_does_not_stop_a_node():
+    """A node may run where the PHP handler's MSESSION_* settings are exported:
+    those that are not node options are ignored (they made serve exit 2);
+    LOCK_LEASE and LOCK_WAIT mean the same for both and set the node's too."""
+    php = {"MSESSION_MODE": "merge", "MSESSION_TIMEOUT": "5", "MSESSION_ROUTE": "0",
+           "MSESSION_PERSISTENT": "1", "MSESSION_SID_LENGTH": "40"}
+    assert load(env=php) == Config()
+    assert load(env={**php, "MSESSION_LOCK_LEASE": "60", "MSESSION_LOCK_WAIT": "10"}) == Config(lock_lease=60.0, lock_wait=10.0)
+    # every setting the handler reads from the environment is either ignored or a node option
+    handler = (Path(__file__).resolve().parent.parent / "clients/php/src/SessionHandler.php").read_text()
+    names = set(re.findall(r"'(MSESSION_[A-Z_]+)'", handler))
+    assert names and all(n in NOT_NODE_OPTIONS or n[len("MSESSION_"):].lower() in FIELDS for n in names), names
 
 
 @pytest.mark.parametrize(
