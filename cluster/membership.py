@@ -168,10 +168,12 @@ COUNTERS = (
     "push_pulls_in push_pull_failures late_ticks conflicts gossip_packets internal_errors forged_incarnations"
 ).split()
 MAX_NOTES = 1000  # notes kept between two take_notes() calls
-# The highest incarnation of an earlier life of ours (another epoch) we step
-# over. Legitimate incarnations grow by one per refutation, meta change or
-# leave, so they never come near it; a forged earlier life can take us this far
-# at most, leaving 2**62 incarnations for refuting below MAX_INCARNATION.
+# The highest incarnation we step over when we refute: of an earlier life of
+# ours (another epoch), of an accusation in our own epoch above our incarnation
+# (the others adopted a forged alive of ours), of a ping's suspicion (no epoch).
+# Legitimate incarnations grow by one per refutation, meta change or leave, so
+# they never come near it; a forgery can take us this far in one step, leaving
+# 2**62 incarnations for refuting below MAX_INCARNATION.
 STEP_OVER_MAX = m.MAX_INCARNATION // 2
 
 
@@ -250,6 +252,7 @@ class Membership:
         self._conflicts_seen: set[tuple[str, tuple[str, int]]] = set()
         self._synced_with: dict[str, float] = {}
         self._sync_at = -math.inf
+        self._join_retry_due = False  # a join_retry timer is set
         c = config
         self._at(now + rng.uniform(0, c.probe_interval), "probe")
         self._at(now + rng.uniform(0, c.gossip_interval), "gossip")
@@ -385,7 +388,9 @@ class Membership:
                 seeds = ", ".join(f"{h}:{p}" for h, p in self._seeds)
                 self.join_error = f"no seed answered ({seeds}); retrying every {self.config.join_retry:g} s"
                 self._note(self.join_error)
-                self._at(now + self.config.join_retry, "join_retry")
+                if not self._join_retry_due:
+                    self._join_retry_due = True
+                    self._at(now + self.config.join_retry, "join_retry")
         except Exception as exc:
             c["internal_errors"] += 1
             self._note(f"internal error merging a push-pull reply from {dest}: {exc!r}")
@@ -546,6 +551,7 @@ class Membership:
                 self._push_pull(self.rng.choice(lost), False)
 
     def _on_join_retry(self, now: float, _arg) -> None:
+        self._join_retry_due = False
         if not self.joined and not self._leaving and self._join_pending == 0 and self._seeds:
             self._send_joins()
 
@@ -604,7 +610,7 @@ class Membership:
                     self._forged(f"a ping from {p.sender!r} at {src} suspecting us at incarnation {p.suspicion}, above {STEP_OVER_MAX}")
                 # the pinger suspects us: whatever the queue holds, answer with our alive
                 extra = m.encode_update(self._me.update())
-            if not known and self.joined and not self._leaving:
+            if not known and not self._leaving:
                 self._sync_with(p.sender, src, now)
             self._send(src, m.ack_fields(m.ACK, self.name, self.epoch, p.seq), extra=extra)
         elif kind == m.ACK:
@@ -922,7 +928,10 @@ class Membership:
     def _sync_with(self, name: str, src: tuple[str, int], now: float) -> None:
         """A member we do not know probes us (we missed its join). Exchange full
         state with it (over TCP, so its address is real), at most one such
-        exchange per ``probe_interval`` and per pinger per ``push_pull_interval``."""
+        exchange per ``probe_interval`` and per pinger per ``push_pull_interval``.
+        Not joined yet (our seeds do not answer, e.g. a restart while they are
+        down), the exchange is a join through the pinger, as through a seed: a
+        member of the farm that probes us knows it."""
         c = self.config
         if now < self._sync_at or self._synced_with.get(name, -math.inf) > now - c.push_pull_interval:
             return
@@ -931,10 +940,13 @@ class Membership:
             self._synced_with.clear()
         self._synced_with[name] = now
         self.counters["push_pulls"] += 1
-        self._push_pull(src, False)
+        join = not self.joined
+        if join:
+            self._join_pending += 1
+        self._push_pull(src, join)
 
     def _send_joins(self) -> None:
-        self._join_pending = len(self._seeds)
+        self._join_pending += len(self._seeds)  # (a join through a pinger may be pending too)
         for seed in self._seeds:
             self.counters["push_pulls"] += 1
             self._push_pull(seed, True)

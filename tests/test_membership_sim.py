@@ -440,7 +440,9 @@ def test_a_restart_whose_seed_is_down_refutes_its_suspected_earlier_life_at_once
         c.run_for(1.0)
     assert {x.mem.get(name).incarnation for x in c.up()} == {3}
     c.kill(name)
+    t_kill = c.now
     while not any(x.mem.get(name).state == "suspect" for x in c.up()):
+        assert c.now - t_kill < 5.0, "nobody suspected the killed member"
         c.run_for(0.01)
     fresh = c.add(name, addr=old.addr, seed_addrs=[("10.200.0.1", 7946)])
     t0 = c.now
@@ -450,6 +452,10 @@ def test_a_restart_whose_seed_is_down_refutes_its_suspected_earlier_life_at_once
         c.run_for(0.05)
     assert fresh.mem.incarnation > 3
     assert not c.events("dead", name)
+    # and it learns the farm itself through the members that probe it (its seed never answers)
+    while not (fresh.mem.joined and set(fresh.mem.live_names()) == set(names)):
+        assert c.now - t0 < 3.0, (fresh.mem.joined, fresh.mem.live_names())
+        c.run_for(0.05)
     c.run_for(10.0)
     assert all(x.mem.get(name).state == "alive" for x in others) and not c.events("dead", name)
     no_errors(c)
