@@ -44,6 +44,14 @@ final class SessionHandlerTest extends TestCase
         return $res;
     }
 
+    /** $list[$key], removed from $list. */
+    private static function take(array &$list, string $key): mixed
+    {
+        $value = $list[$key];
+        unset($list[$key]);
+        return $value;
+    }
+
     /** Runs requests at the same time. */
     private function concurrently(array $reqs, array $ini = []): array
     {
@@ -185,10 +193,9 @@ final class SessionHandlerTest extends TestCase
             }, 20, 'the slow request to take the lock');
             $this->assertFileExists($mark, 'the slow request ended without taking the lock');
             $running['fast'] = $this->start(['sid' => $sid, 'ops' => [['inc', 'n'], ['set', 'fast', 1]]], $ini);
-            $slow = $this->finish($running['slow']);
-            unset($running['slow']);
-            $fast = $this->finish($running['fast']);
-            unset($running['fast']);
+            // out of $running before finish(), which closes it even when its assertion then fails
+            $slow = $this->finish(self::take($running, 'slow'));
+            $fast = $this->finish(self::take($running, 'fast'));
         } finally {
             @unlink($mark);
             foreach ($running as [$proc]) {  // a failed wait or assertion: no request outlives the test
