@@ -73,8 +73,9 @@ def wait_converged(addresses: Sequence[str], names: Iterable[str], timeout: floa
     """Polls STATUS of every node at ``addresses`` (HOST:PORT), a round at a time,
     until ``converged`` says None of their answers and ``names`` (None returned),
     or ``timeout`` seconds have passed (what is still missing returned). A STATUS
-    that fails is "not yet". After a round that did not converge ``check`` is
-    called (it may raise: no more waiting), then ``sleep(interval)``. Bounded:
+    that fails is "not yet". ``check`` is called before each STATUS and after a
+    round that did not converge (it may raise: no more waiting); then
+    ``sleep(interval)``. Bounded:
     returns within ``timeout`` + one round (at most ``status_timeout`` + 1 s a
     node) + ``interval``. Used by ``msession farm`` and the tests' farms."""
     names = set(names)
@@ -82,6 +83,8 @@ def wait_converged(addresses: Sequence[str], names: Iterable[str], timeout: floa
     while True:
         views, missing = [], None
         for address in addresses:
+            if check is not None:
+                check()  # before each STATUS too: a stop or a dead node ends the wait at once
             try:
                 with Client(nodes=[address], timeout=status_timeout, connect_timeout=1.0) as client:
                     views.append(client.status())
