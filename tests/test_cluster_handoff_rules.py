@@ -37,6 +37,29 @@ def never(sid: bytes) -> bool:
     raise AssertionError(f"the store was asked about {sid!r}")
 
 
+def test_takeovers_name_the_previous_owner_for_the_window():
+    t = handoff.Takeovers()
+    assert not t.active(0.0)
+    t.ring_changed(OLD, NEW, "c", holding=True, now=100.0)
+    expected = {p: OLD.owners[p] for p in range(PARTITIONS) if NEW.owners[p] == "c" and OLD.owners[p] != "c"}
+    assert expected and set(expected.values()) == {"a", "b"}
+    assert {p: t.previous_owner(p, 100.0) for p in range(PARTITIONS) if t.previous_owner(p, 100.0)} == expected
+    assert t.active(100.0 + handoff.TAKE_WINDOW)
+    assert t.previous_owner(next(iter(expected)), 100.0 + handoff.TAKE_WINDOW + 1) is None
+    assert not t.active(100.0 + handoff.TAKE_WINDOW + 1)
+
+
+def test_a_member_that_just_joined_takes_over_from_the_others():
+    t = handoff.Takeovers()
+    t.ring_changed(Ring(["c"]), NEW, "c", holding=False, now=0.0)
+    mine = NEW.partitions_of("c")
+    assert mine and {p: t.previous_owner(p, 1.0) for p in mine} == {p: OLD.owners[p] for p in mine}
+    # The farm's first member, holding sessions, took nothing over when others came.
+    first = handoff.Takeovers()
+    first.ring_changed(Ring(["a"]), NEW, "a", holding=True, now=0.0)
+    assert not first.active(1.0)
+
+
 def test_a_session_we_lack_in_a_partition_taken_over_is_asked_for_first():
     assert PREVIOUS in ("a", "b") and NEW.owner(SID) == "c"
     asked = []
