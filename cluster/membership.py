@@ -105,6 +105,7 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from . import messages as m
 from .awareness import Awareness
@@ -598,16 +599,10 @@ class Membership:
                 return
             extra = None
             if p.suspicion is not None:
-                inc = self._me.incarnation
-                if p.suspicion == inc:
-                    self._refute()
-                elif inc < p.suspicion <= STEP_OVER_MAX:
-                    # the number carries no epoch: an earlier life of ours (a restart the
-                    # pinger still suspects) or a forgery that adopted a forged alive of
-                    # ours; either way we step over it, as over an earlier life
-                    self._refute(p.suspicion)
-                elif p.suspicion > inc:
-                    self._forged(f"a ping from {p.sender!r} at {src} suspecting us at incarnation {p.suspicion}, above {STEP_OVER_MAX}")
+                # the number carries no epoch: one above ours is an earlier life of ours
+                # (a restart the pinger still suspects) or a forgery that adopted a
+                # forged alive of ours; one below ours is stale
+                self._accused(p.suspicion, lambda: f"a ping from {p.sender!r} at {src} suspecting us at incarnation {p.suspicion}, above {STEP_OVER_MAX}")
                 # the pinger suspects us: whatever the queue holds, answer with our alive
                 extra = m.encode_update(self._me.update())
             if not known and not self._leaving:
@@ -773,29 +768,39 @@ class Membership:
         # or corrupt. An alive one we ignore (the old code did too); but others may
         # have adopted it, and their accusations then repeat it: we step over those
         # like an earlier life's (capped), or a forged alive would have us declared dead
-        if u.incarnation > me.incarnation:
-            if u.state != ALIVE and u.incarnation <= STEP_OVER_MAX:
-                self._refute(u.incarnation)
-            else:
-                self._forged(f"a {m.STATE_NAMES[u.state]} update about us at incarnation {u.incarnation}, above ours ({me.incarnation})")
-        elif u.state != ALIVE:
-            if u.incarnation == me.incarnation:
-                self._refute()
-            else:
-                self.counters["stale_messages"] += 1
+        def forged() -> str:
+            return f"a {m.STATE_NAMES[u.state]} update about us at incarnation {u.incarnation}, above ours ({me.incarnation})"
 
-    def _refute(self, above: int | None = None) -> None:
-        """Broadcasts our alive one incarnation above ours, or above ``above``
-        (an accusation above ours: an earlier life's, or one repeating a forged
-        alive of ours; at least ours and at most STEP_OVER_MAX)."""
-        me = self._me
+        if u.state == ALIVE:
+            if u.incarnation > me.incarnation:
+                self._forged(forged())
+        elif not self._accused(u.incarnation, forged):
+            self.counters["stale_messages"] += 1
+
+    def _accused(self, inc: int, forged: Callable[[], str]) -> bool:
+        """The rule for an accusation of ours (suspect or dead news, a ping's
+        suspicion) at incarnation ``inc``: at ours, we refute it; above ours up
+        to STEP_OVER_MAX, we refute above it (an earlier life's, or one
+        repeating a forged alive of ours); higher, it is forged (``forged()``
+        says what). False for one below ours: stale, nothing done."""
+        if inc < self._me.incarnation:
+            return False
+        if inc == self._me.incarnation or inc <= STEP_OVER_MAX:
+            self._refute(inc)
+        else:
+            self._forged(forged())
+        return True
+
+    def _refute(self, above: int) -> None:
+        """Broadcasts our alive one incarnation above ``above`` (ours, or an
+        accusation above ours: at most STEP_OVER_MAX)."""
         if self._leaving:
             return
-        if not self._raise_incarnation((me.incarnation if above is None else above) + 1, "refute"):
+        if not self._raise_incarnation(above + 1, "refute"):
             return
         self.counters["refutations"] += 1
         self.awareness.apply(1)
-        self._broadcast(me.update())
+        self._broadcast(self._me.update())
 
     def _raise_incarnation(self, inc: int, why: str, quiet: bool = False) -> bool:
         """Our incarnation becomes ``inc``, unless that is past the largest one
