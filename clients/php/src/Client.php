@@ -424,11 +424,9 @@ final class Client
                     if ($e instanceof ConnectionFailed) {
                         $this->ownerDown($owner);  // (not when it answered that it did not run the batch)
                     }
-                    // The owner is not tried again: the nodes get the batch, unless afterFailure() throws
-                    // (it may have run and is not idempotent, or a connection-level error answer).
-                    $nodesLeft = count($this->nodes) + 1;
-                    $sameNodeRetries = 0;
-                    self::afterFailure($e, $requests, $nodesLeft, $sameNodeRetries);
+                    // The owner is not tried again: the nodes get the batch, unless it may have run
+                    // and is not idempotent, or it was a connection-level error answer.
+                    self::mayGoElsewhere($e, $requests);
                 }
             } else {
                 $this->ownerDown($owner);
@@ -458,16 +456,14 @@ final class Client
     /**
      * After an exchange of $requests failed with $e, what next: true, the
      * same node again; false, the next node; or it throws the error for the
-     * caller. The failover decision of both paths (owner and nodes), as
-     * protocol/client.py's _Attempts.failed(); no I/O, and called only when
-     * an exchange failed.
+     * caller. The failover decision of the nodes path, as protocol/client.py's
+     * _Attempts.failed(); no I/O, and called only when an exchange failed.
      *  - NotExecuted (the node ran none of the batch): TIMEOUT or BADCONN (it
      *    closed the connection before our bytes went out) goes to the same
      *    node again while $sameNodeRetries lasts; otherwise to the next node,
      *    and the node's error when none is left;
-     *  - ConnectionFailed (the batch may have run): to the next node only if
-     *    every command is idempotent, else BADCONN; BADCONN when none is left;
-     *  - MsessionException (a connection-level error answer): thrown as is.
+     *  - otherwise mayGoElsewhere() decides whether it may go to another
+     *    node at all; then to the next node, BADCONN when none is left.
      * $nodesLeft counts the nodes still to try, this one included: moving
      * on uses one.
      * @internal public for its unit test
@@ -485,16 +481,34 @@ final class Client
             }
             return false;
         }
+        self::mayGoElsewhere($e, $requests);
+        if (--$nodesLeft <= 0) {
+            throw new MsessionException('BADCONN', 'request failed on every node: ' . $e->getMessage());
+        }
+        return false;
+    }
+
+    /**
+     * Whether $requests, after an exchange failed with $e, may be sent to
+     * another node (the rule of both paths, owner and nodes; no counting, no
+     * I/O): it returns if so, else throws the error for the caller.
+     *  - NotExecuted (the node ran none of the batch): it may;
+     *  - ConnectionFailed (the batch may have run): only if every command is
+     *    idempotent, else BADCONN;
+     *  - MsessionException (a connection-level error answer): thrown as is.
+     * @internal public for its unit test
+     */
+    public static function mayGoElsewhere(\Exception $e, array $requests): void
+    {
+        if ($e instanceof NotExecuted) {
+            return;
+        }
         if (!$e instanceof ConnectionFailed) {
             throw $e;
         }
         if (!self::idempotent($requests)) {
             throw new MsessionException('BADCONN', 'node failed during a request that may have been applied: ' . $e->getMessage());
         }
-        if (--$nodesLeft <= 0) {
-            throw new MsessionException('BADCONN', 'request failed on every node: ' . $e->getMessage());
-        }
-        return false;
     }
 
     /**

@@ -164,7 +164,7 @@ final class ClientTest extends TestCase
 
     /**
      * Client::afterFailure($e, $requests, $nodesLeft, $sameNodeRetries): the
-     * failover decision alone, with no node. Returns [what, nodes left, same-node
+     * nodes path's failover decision alone, with no node. Returns [what, nodes left, same-node
      * retries left]; what is 'same', 'next' or the error name it threw.
      */
     private static function decide(\Exception $e, array $requests, int $nodesLeft, int $retries): array
@@ -175,6 +175,17 @@ final class ClientTest extends TestCase
             $what = $thrown->getErrorName() . ': ' . $thrown->getDetail();
         }
         return [$what, $nodesLeft, $retries];
+    }
+
+    /** Client::mayGoElsewhere($e, $requests) alone: 'elsewhere', or the error name it threw. */
+    private static function mayGo(\Exception $e, array $requests): string
+    {
+        try {
+            Client::mayGoElsewhere($e, $requests);
+            return 'elsewhere';
+        } catch (MsessionException $thrown) {
+            return $thrown->getErrorName() . ': ' . $thrown->getDetail();
+        }
     }
 
     public function testTheFailoverDecision(): void
@@ -221,13 +232,22 @@ final class ClientTest extends TestCase
             $this->assertSame([3, 2], [$left, $retries]);
         }
 
-        // the owner path's call: never the owner again, the nodes next unless the batch may have run
-        $nodes = 3;
-        foreach ([$notRun('TIMEOUT'), $notRun('BUSY'), $broke] as $e) {
-            $this->assertSame(['next', $nodes, 0], self::decide($e, $get, $nodes + 1, 0));
+        // the owner path's rule (mayGoElsewhere): never the owner again, the nodes next
+        // unless the batch may have run and is not idempotent, or a connection-level error answer
+        foreach ([$notRun('TIMEOUT'), $notRun('BADCONN'), $notRun('BUSY'), $broke] as $e) {
+            $this->assertSame('elsewhere', self::mayGo($e, $get));
         }
-        $this->assertStringStartsWith('BADCONN: node failed during a request that may have been applied',
-            self::decide($broke, [[Protocol::SLOCK, ['s', 0, 30000]]], $nodes + 1, 0)[0]);
+        $this->assertSame('elsewhere', self::mayGo($notRun('TIMEOUT'), [[Protocol::SLOCK, ['s', 0, 30000]]]));
+        foreach (array_keys(Protocol::NOT_IDEMPOTENT) as $cmd) {
+            $this->assertSame('BADCONN: node failed during a request that may have been applied: connection closed by the node',
+                self::mayGo($broke, [[Protocol::GETVAL, ['s', 'k']], [$cmd, ['s']]]), "command $cmd");
+        }
+        try {
+            Client::mayGoElsewhere($answer, $get);
+            $this->fail('not thrown');
+        } catch (MsessionException $e) {
+            $this->assertSame($answer, $e);
+        }
     }
 
     public function testExchangeAnswersEveryRequestInPlace(): void
