@@ -153,26 +153,24 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
         return is_bool($v) ? $v : !in_array(strtolower(trim((string)$v)), ['0', 'off', 'no', 'false', 'none', ''], true);
     }
 
+    /** The client (made for the nodes option, else 127.0.0.1:8086, if open() did not make it). */
     public function client(): Client
     {
         if ($this->client === null) {
-            $this->client = $this->newClient($this->clientNodes = $this->nodes ?? '127.0.0.1:8086');
+            $this->open('', '');
         }
         return $this->client;
     }
 
-    private function newClient(string $nodes): Client
-    {
-        // route null: the Client routes when the node list has several nodes
-        return new Client($nodes, ['timeout' => $this->timeout, 'persistent' => $this->persistent, 'route' => $this->route]);
-    }
-
+    /** Makes the client for the nodes option, else $path (session.save_path), else 127.0.0.1:8086. */
     public function open(string $path, string $name): bool
     {
         $nodes = $this->nodes ?? trim($path);
         $nodes = $nodes === '' ? '127.0.0.1:8086' : $nodes;
         if ($this->client === null || $this->clientNodes !== $nodes) {
-            $this->client = $this->newClient($this->clientNodes = $nodes);
+            $this->clientNodes = $nodes;
+            // route null: the Client routes when the node list has several nodes
+            $this->client = new Client($nodes, ['timeout' => $this->timeout, 'persistent' => $this->persistent, 'route' => $this->route]);
         }
         return true;
     }
