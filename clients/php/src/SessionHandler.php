@@ -192,13 +192,14 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     }
 
     /**
-     * The read batch: lock mode SLOCK + TIMEOUT + GETALL, merge mode TIMEOUT +
-     * GETALL. [lock key (or null), GETALL's answer or its MsessionException, time sent].
+     * The read batch: lock mode SLOCK + TIMEOUT + GETALL (the lock taken goes
+     * in $locks), merge mode TIMEOUT + GETALL. GETALL's answer or its
+     * MsessionException.
      */
-    private function fetch(string $id): array
+    private function fetch(string $id): array|MsessionException
     {
-        $sent = microtime(true);
         if ($this->mode === 'lock') {
+            $sent = microtime(true);
             [$key, , $vars] = $this->run([
                 [Protocol::SLOCK, [$id, $this->waitMs, $this->leaseMs]],
                 [Protocol::TIMEOUT, [$id, self::ttl()]],
@@ -207,10 +208,11 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
             if ($key instanceof MsessionException) {
                 throw $key;
             }
-            return [$key, $vars, $sent];
+            $this->locks[$id] = [$key, $sent];
+            return $vars;
         }
         [, $vars] = $this->run([[Protocol::TIMEOUT, [$id, self::ttl()]], [Protocol::GETALL, [$id]]]);
-        return [null, $vars, $sent];
+        return $vars;
     }
 
     public function read(string $id): string|false
@@ -224,10 +226,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
                 }
             } else {
                 $this->prefetched = null;
-                [$key, $vars, $sent] = $this->fetch($id);
-                if ($key !== null) {
-                    $this->locks[$id] = [$key, $sent];
-                }
+                $vars = $this->fetch($id);
             }
         } catch (MsessionException $e) {
             $why = $e->getErrorName() === 'LOCKED'
@@ -316,7 +315,7 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
     public function validateId(string $id): bool
     {
         try {
-            [$key, $vars, $sent] = $this->fetch($id);
+            $vars = $this->fetch($id);
         } catch (MsessionException $e) {
             if ($e->getErrorName() === 'BADARG') {
                 return false;
@@ -327,13 +326,12 @@ final class SessionHandler implements \SessionHandlerInterface, \SessionIdInterf
             return true;
         }
         if (!$vars instanceof MsessionException) {
-            $this->prefetched = [$id, $vars];  // close() releases the lock if read() never comes
-            if ($key !== null) {
-                $this->locks[$id] = [$key, $sent];
-            }
+            $this->prefetched = [$id, $vars];  // close() releases the lock (in $locks) if read() never comes
             return true;
         }
-        if ($key !== null) {
+        if (isset($this->locks[$id])) {
+            [$key] = $this->locks[$id];
+            unset($this->locks[$id]);
             try {
                 $this->client()->unlock($id, $key);
             } catch (MsessionException $e) {
