@@ -363,13 +363,22 @@ def _result(resp: Response, convert: Callable) -> Any:
 
 
 def _wait_ms(args: list) -> int | None:
-    """SLOCK's wait_ms as the node will read it (None: its default, which may wait)."""
+    """SLOCK's wait_ms as the node will read it (None: its default, which may
+    wait): an integer, a whole float, or a number written as a string; the
+    node refuses anything else (BADARG) without waiting: 0."""
     if len(args) < 2 or args[1] is None:
         return None
-    try:
-        return int(args[1])  # the node also takes a number written as a string
-    except (TypeError, ValueError):
-        return 0  # the node refuses it (BADARG) without waiting
+    value = args[1]
+    if type(value) is int:
+        return value
+    if type(value) is float:
+        return int(value) if value.is_integer() else 0  # (inf and nan are not)
+    if type(value) in (bytes, str):
+        try:
+            return int(value)
+        except ValueError:
+            return 0
+    return 0  # booleans, arrays, maps...
 
 
 def lock_wait(cmd: int, args: list) -> float:

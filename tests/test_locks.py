@@ -294,3 +294,34 @@ def test_a_compaction_during_expire_loses_no_lease(monkeypatch):
     t.expire(105.0)
     assert t.holder(b"Z") == 0, "W's lease ended"
 
+
+
+WAITS = [None, 0, 1, 250, -1, 300_000, 300_001, 2**63, 1.0, 0.5, 1.5, float("inf"), float("-inf"), float("nan"),
+         True, False, b"100", b"0", b"x", b" 7", "100", [], {}, b""]
+
+
+@pytest.mark.parametrize("wait", WAITS, ids=repr)
+def test_the_clients_rule_of_an_slock_that_may_wait_is_the_nodes(wait):
+    """protocol.client.lock_may_wait decides, for clients and farm members, that
+    an SLOCK gets a connection of its own (it may hold back later answers) and
+    that a member's forwarded SLOCK is answered in line; it must agree with what
+    the node does with the same arguments when the lock is taken: wait (a
+    LockWait) or answer at once. (It crashed on inf: OverflowError.)"""
+    import msgpack
+
+    from node.commands import CommandError, LockWait, Node
+    from node.config import Config
+    from protocol.client import lock_may_wait, lock_wait
+    from protocol.constants import Cmd
+
+    n = Node(Config(), clock=lambda: 0.0, lock_clock=lambda: 0.0)
+    assert type(n.execute(Cmd.SLOCK, [b"s"], 0.0)) is int  # taken
+    args = [b"s"] if wait is None else [b"s", wait]
+    on_the_wire = msgpack.unpackb(msgpack.packb(args, use_bin_type=True), raw=True)  # (a str arrives as bytes)
+    try:
+        waits = type(n.execute(Cmd.SLOCK, on_the_wire, 0.0)) is LockWait
+    except CommandError:
+        waits = False
+    may = lock_may_wait(Cmd.SLOCK, args)
+    assert may == waits or (may and wait in (300_001, 2**63)), (wait, may, waits)
+    assert lock_wait(Cmd.SLOCK, args) >= 0
