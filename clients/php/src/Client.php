@@ -633,7 +633,7 @@ final class Client
         $out = '';
         foreach ($requests as [$cmd, $args]) {
             $frame = Protocol::request($id++, $cmd, $args);
-            if (strlen($frame) > 1028 && strlen($frame) - 4 > (int)($this->serverInfo['max_frame'] ?? 4194304)) {
+            if (strlen($frame) > 1028 && strlen($frame) - 4 > (int)($this->serverInfo['max_frame'] ?? Protocol::DEFAULT_MAX_FRAME)) {
                 $this->checkSize($frame);  // (no node has a max_frame below 1 KiB)
             }
             $out .= $frame;
@@ -743,7 +743,7 @@ final class Client
             // A reused persistent connection: ask the node its max_frame (nothing of this batch went out yet).
             $this->serverInfo = self::result($this->roundTrip([[Protocol::HELLO, [Protocol::VERSION]]], $this->connectTimeout)[0], null);
         }
-        $maxFrame = (int)($this->serverInfo['max_frame'] ?? 4194304);
+        $maxFrame = (int)($this->serverInfo['max_frame'] ?? Protocol::DEFAULT_MAX_FRAME);
         if (strlen($frame) - 4 > $maxFrame) {
             throw new MsessionException('BADLEN', sprintf('request of %d bytes exceeds the node\'s max_frame of %d', strlen($frame) - 4, $maxFrame));
         }

@@ -20,6 +20,8 @@ final class Protocol
 {
     public const VERSION = 1;
     public const DEFAULT_PORT = 8086;
+    /** A node's max_frame (bytes of a frame after its length) unless its HELLO says otherwise */
+    public const DEFAULT_MAX_FRAME = 4 * 1024 * 1024;
 
     public const CTL = 2, SETVAL = 3, GETVAL = 4, CREATE = 5, DROP = 6, GETALL = 7, FIND = 8,
         COUNT = 9, SLOCK = 11, SUNLOCK = 12, TIMEOUT = 13, INC = 14, DATAGET = 15, DATASET = 16,
