@@ -16,18 +16,18 @@ comes near, or an incomplete frame's deadline); this module only copies it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import signal
 import socket
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import outcome
 import trio
 
-from cluster.peer_wire import is_member_hello as _from_member
-from cluster.peer_wire import parse_fwd as _unwrap
+from cluster.peer_wire import is_member_hello, parse_fwd
 from protocol.client import lock_may_wait
 from protocol.codec import Encoder, FrameDecoder, ProtocolError, decode_request
 from protocol.constants import Cmd, Err
@@ -81,6 +81,19 @@ class _Conn:
     def sync_deadline(self) -> None:
         if self.scope.deadline != self.timer.deadline:  # moving it costs: only on change
             self.scope.deadline = self.timer.deadline
+
+    @contextlib.contextmanager
+    def deadline_lifted(self) -> Iterator[None]:
+        """While a request waits with a limit of its own (a lock, a member's
+        answer): no connection deadline; after it the idle clock starts again
+        (``ConnDeadline.waiting``/``waited``)."""
+        self.timer.waiting()
+        self.sync_deadline()
+        try:
+            yield
+        finally:
+            self.timer.waited(trio.current_time())
+            self.sync_deadline()
 
     async def recv(self) -> bytes:
         """The next bytes from the client; b"" at end of stream."""
@@ -320,7 +333,7 @@ class Server:
                 if cluster is not None:
                     hops = 0
                     if cmd == _FWD:
-                        cmd, args, hops = _unwrap(args)
+                        cmd, args, hops = parse_fwd(args)
                     step = cluster.route(cmd, args, hops)
                 if step is not None and conn.send_lock is not None and not lock_may_wait(cmd, args):
                     # (A lock that may wait comes on a link of its own, as Cluster.call sends it: in line.)
@@ -337,9 +350,9 @@ class Server:
                         step = None
                 if step is None:
                     result = execute(cmd, args, clock())
-                    if cmd == _HELLO and cluster is not None and _from_member(args):
+                    if cmd == _HELLO and cluster is not None and is_member_hello(args):
                         # Forwarded requests carry an envelope: room for it.
-                        conn.decoder.max_frame = self.config.max_frame + MEMBER_SLACK
+                        decoder.max_frame = self.config.max_frame + MEMBER_SLACK
                         conn.send_lock = conn.send_lock or trio.Lock()
                 if type(result) is LockWait:
                     size = 0
@@ -397,10 +410,11 @@ class Server:
             pass  # the member went away meanwhile
 
     async def _remote(self, conn: _Conn, step: Callable, waits: bool, args: Any) -> Any:
-        """Runs a request's step on other members. A lock that may wait also
-        watches the client: if it leaves, the step is cancelled (its own
-        connection closes, so the owner drops the waiter) and a lock granted
-        meanwhile is released."""
+        """Runs a request's step on other members. An SLOCK also watches the
+        client: if it leaves, the step is cancelled (its own connection
+        closes, so the owner drops the waiter) and a lock granted meanwhile is
+        released. Every SLOCK, not only one that may wait (``lock_may_wait``):
+        a granted key its client never hears of must be released."""
         if not waits:
             return await step()
         left, result = await self._watching(conn, step)
@@ -416,9 +430,7 @@ class Server:
         or None). If the client leaves, ``fn`` is cancelled."""
         result = None
         left = False
-        conn.timer.waiting()  # the wait has its own limit
-        conn.sync_deadline()
-        try:
+        with conn.deadline_lifted():  # the wait has its own limit
             async with trio.open_nursery() as nursery:
 
                 async def run() -> None:
@@ -433,9 +445,6 @@ class Server:
 
                 nursery.start_soon(run)
                 nursery.start_soon(watch)
-        finally:
-            conn.timer.waited(trio.current_time())
-            conn.sync_deadline()
         return left, result
 
     async def _watch_eof(self, conn: _Conn) -> bool:
@@ -472,9 +481,7 @@ class Server:
                 await conn.send(flush)  # under the idle deadline: the client must read
             if not waiter.key:
                 scope.deadline = trio.current_time() + lw.wait
-                conn.timer.waiting()  # the wait has its own limit (test_a_stalled_loop_...)
-                conn.sync_deadline()
-                with scope:
+                with conn.deadline_lifted(), scope:  # the wait has its own limit (test_a_stalled_loop_...)
                     left = await self._watch_eof(conn)
             if left:
                 return None
@@ -489,8 +496,6 @@ class Server:
                     self.node.unlock_abandoned(lw.sid, waiter.key)
                 else:
                     self.node.locks.cancel(lw.sid, waiter)
-            conn.timer.waited(trio.current_time())
-            conn.sync_deadline()
 
     def _bad(self, conn: _Conn, message: str) -> None:
         self.counters.bad_frames += 1
