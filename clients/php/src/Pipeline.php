@@ -43,14 +43,11 @@ final class Pipeline
                 $out[] = $queued[$i][2] ? $queued[$i][2]($answer[1]) : $answer[1];
                 continue;
             }
-            try {
-                $out[] = Client::result($answer, $queued[$i][2]);
-            } catch (MsessionException $e) {
-                if ($throw) {
-                    throw $e;
-                }
-                $out[] = $e;
+            $e = Client::error($answer);
+            if ($throw) {
+                throw $e;
             }
+            $out[] = $e;
         }
         return $out;
     }
