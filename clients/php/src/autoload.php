@@ -11,6 +11,8 @@ spl_autoload_register(static function (string $class): void {
         'Msession\\Commands' => 'Commands.php',
         'Msession\\Routes' => 'Routes.php',
         'Msession\\Client' => 'Client.php',
+        'Msession\\NotExecuted' => 'Client.php',
+        'Msession\\ConnectionFailed' => 'Client.php',
         'Msession\\Pipeline' => 'Pipeline.php',
         'Msession\\SessionHandler' => 'SessionHandler.php',
     ];

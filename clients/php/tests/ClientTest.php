@@ -270,6 +270,26 @@ final class ClientTest extends TestCase
         $this->c->destroy($s);
     }
 
+    public function testEveryClassOfTheLibraryLoadsThroughTheAutoloaderAlone(): void
+    {
+        $src = dirname(__DIR__) . '/src';
+        $names = [];
+        foreach (glob("$src/*.php") as $file) {
+            preg_match_all('/^(?:final |abstract )?(?:class|trait|interface|enum) (\w+)/m', file_get_contents($file), $m);
+            array_push($names, ...$m[1]);
+        }
+        $this->assertContains('NotExecuted', $names);
+        foreach ($names as $name) {
+            // a fresh process: nothing loaded but what the autoloader loads for this one name
+            $code = 'require ' . var_export("$src/autoload.php", true) . '; $n = ' . var_export("Msession\\$name", true) . ';'
+                . ' echo class_exists($n) || trait_exists($n) || interface_exists($n) || enum_exists($n) ? "ok" : "missing";';
+            $proc = proc_open([PHP_BINARY, '-n', '-d', 'extension=msgpack.so', '-r', $code], [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes);
+            $out = stream_get_contents($pipes[1]) . stream_get_contents($pipes[2]);
+            proc_close($proc);
+            $this->assertSame('ok', $out, "Msession\\$name");
+        }
+    }
+
     public function testKnowsEveryErrorCodeOfTheProtocol(): void
     {
         $this->assertSame('UNAVAILABLE', MsessionException::fromCode(19, 'member n2 could not be reached')->getErrorName());
