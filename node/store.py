@@ -22,13 +22,8 @@ exact between two ``expire`` calls.
 ``count(now)`` agrees with ``sessions(now)`` without looking at every session.
 The buckets of whole seconds up to ``now`` are due (not counted, left to the
 reaper) and later buckets are alive, except the bucket of the second ``now``
-falls in: count reaps those of its sessions whose deadline is at or before
-``now`` (at most ``COUNT_REAP`` a call; past that it counts the rest by looking
-at the bucket). It finds them in the *edge*, a heap of (deadline, id) of that
-bucket built when count first looks at it; an entry is checked against its
-session when popped (a touch moves a deadline later, or to another bucket), and
-a session placed in that bucket, or whose deadline moved earlier in it, is
-pushed.
+falls in, whose sessions count looks at: those due at ``now`` are not counted
+(and left to the reaper too).
 """
 
 from __future__ import annotations
@@ -50,7 +45,6 @@ _INTEGER = re.compile(rb"-?[0-9]{1,20}")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 TOMBSTONE_KEEP = 300.0  # seconds a dropped id refuses older copies (handoffs finish well within)
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-COUNT_REAP = 1000  # sessions count() reaps at most a call (more due: it counts them the slow way)
 
 
 _ALPHABET_BYTES = ID_ALPHABET.encode()
@@ -169,8 +163,6 @@ class Store:
         # The bucket count() last found ``now`` in, and a heap of (deadline, id)
         # holding at least one entry, no later than its deadline, per session
         # in it (see the module's docstring).
-        self._edge_second: int | None = None
-        self._edge: list[tuple[float, bytes]] = []
         self.expired_total = 0
         self.hook_errors = 0
         # Recently dropped ids and the version of the drop: a copy of the
@@ -214,9 +206,13 @@ class Store:
 
     def count(self, now: float) -> int:
         """Live sessions: as many as ``sessions(now)`` gives. In O(due buckets)
-        plus the sessions due in the second ``now`` falls in, which it reaps."""
+        plus the sessions of the bucket of the second ``now`` falls in (COUNT,
+        INFO and STATUS ask: no request's path)."""
         second = math.ceil(now)
-        due = self._reap_edge(second, now) if second > now and second in self._buckets else 0
+        due = 0
+        if second > now and second in self._buckets:
+            sessions = self._sessions
+            due = sum(1 for sid in self._buckets[second] if sessions[sid].atime + sessions[sid].timeout <= now)
         heap, stack = self._bucket_heap, [0]
         while stack:  # the heap entries <= now form a subtree at the root
             i = stack.pop()
@@ -224,33 +220,6 @@ class Store:
                 due += len(self._buckets[heap[i]])
                 stack += (2 * i + 1, 2 * i + 2)
         return len(self._sessions) - due
-
-    def _reap_edge(self, second: int, now: float) -> int:
-        """Expires the sessions of bucket ``second`` (which ``now`` falls in)
-        whose deadline is at or before ``now``, at most ``COUNT_REAP``; returns
-        how many due ones are left there (0 unless that limit was reached)."""
-        sessions = self._sessions
-        if second != self._edge_second:
-            edge = [(sessions[sid].deadline, sid) for sid in self._buckets[second]]
-            heapq.heapify(edge)
-            self._edge, self._edge_second = edge, second
-        edge, out = self._edge, []
-        while edge and edge[0][0] <= now:
-            if len(out) == COUNT_REAP:
-                self._expired(out)
-                return sum(1 for sid in self._buckets[second] if sessions[sid].deadline <= now)
-            sid = heapq.heappop(edge)[1]
-            s = sessions.get(sid)
-            if s is None or s.bucket != second:
-                continue  # gone, or moved to a later second
-            deadline = s.atime + s.timeout
-            if deadline <= now:
-                self._remove(s)
-                out.append(s)
-            else:
-                heapq.heappush(edge, (deadline, sid))  # touched since: its deadline is later
-        self._expired(out)
-        return 0
 
     # -- changing ----------------------------------------------------------
 
@@ -446,8 +415,6 @@ class Store:
             second = math.ceil(s.atime + s.timeout)
             if second != s.bucket:
                 self._rebucket(s, second)
-            elif second == self._edge_second:
-                heapq.heappush(self._edge, (s.deadline, s.sid))  # its deadline may be earlier now
 
     def _rebucket(self, s: Session, second: int) -> None:
         bucket = self._buckets.get(s.bucket)
@@ -462,8 +429,6 @@ class Store:
             bucket = self._buckets[second] = set()
             heapq.heappush(self._bucket_heap, second)
         bucket.add(s.sid)
-        if second == self._edge_second:
-            heapq.heappush(self._edge, (s.deadline, s.sid))
 
     def _run(self, hooks: list, s: Session) -> None:
         for hook in hooks:
