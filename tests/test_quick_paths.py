@@ -38,11 +38,14 @@ def test_quick_argument_paths_answer_exactly_as_the_full_checks(ops):
     every argument goes through the full checks: same answers, same error
     names and messages, same sessions and lock holders."""
     config = Config(max_id_len=4, max_name_len=3)
-    quick, full = Node(config, clock=lambda: 0.0), Node(config, clock=lambda: 0.0)
+    mono = [0.0]  # both nodes' lease clock: a short lease must not end between the two calls
+    quick = Node(config, clock=lambda: 0.0, lock_clock=lambda: mono[0])
+    full = Node(config, clock=lambda: 0.0, lock_clock=lambda: mono[0])
     full._max_id_len = full._max_name_len = full._max_wait_ms = full._max_lease_ms = -1
     full._max_timeout = full._max_key = -1
     keys: list[dict] = [{}, {}]  # each node's lock keys (random: they differ)
     for i, (cmd, sid, rest, own_key) in enumerate(ops):
+        mono[0] = i / 100  # (leases of a few ms end between requests, never within one)
         answers = []
         for n, node in enumerate((quick, full)):
             args = [sid, *rest]
