@@ -35,20 +35,24 @@ function msession_fake_node(int $connections, ?int $busy = null): array
         $args[] = (string)$busy;
     }
     $proc = proc_open($args, [], $pipes);
+    $started = function () use ($portFile): bool {
+        clearstatcache(true, $portFile);  // else filesize() keeps answering the 0 it saw first
+        return is_file($portFile) && filesize($portFile) > 0;
+    };
     try {
-        $deadline = microtime(true) + 30;  // bounded; generous for a loaded machine
-        while (!is_file($portFile) || filesize($portFile) === 0) {
-            if (microtime(true) > $deadline) {
-                msession_fake_stop($proc);
-                throw new RuntimeException('fake node did not start');
-            }
-            usleep(10000);
-            clearstatcache(true, $portFile);  // else filesize() keeps answering the 0 it saw first
+        // bounded, generous for a loaded machine; a fake node that died ends the wait
+        msession_wait_until(fn() => $started() || !proc_get_status($proc)['running'], 30, 'the fake node to start');
+        if (!$started()) {
+            throw new RuntimeException('the fake node exited without starting');
         }
-        return [$proc, '127.0.0.1:' . file_get_contents($portFile)];
+        $port = file_get_contents($portFile);
+    } catch (RuntimeException $e) {
+        msession_fake_stop($proc);
+        throw $e;
     } finally {
         @unlink($portFile);
     }
+    return [$proc, "127.0.0.1:$port"];
 }
 
 function msession_fake_stop($proc): void
