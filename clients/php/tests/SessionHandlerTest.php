@@ -181,12 +181,17 @@ final class SessionHandlerTest extends TestCase
     {
         $ini = ['msession.lock_lease' => '1', 'msession.lock_wait' => '5'];
         $sid = $this->request(['ops' => [['set', 'n', 0]]], $ini)['sid'];
-        // The slow request first: it marks a file once session_start() has returned, holding the lock.
-        $mark = tempnam(sys_get_temp_dir(), 'msession-mark');
+        // The slow request holds the lock, changes the session and waits for a file before it writes.
+        // The fast request can get the lock only once the slow one's lease (1 s) ran out; the file is
+        // created when the fast request has finished: the slow one writes after both, whatever the load.
+        $go = tempnam(sys_get_temp_dir(), 'msession-go');
+        unlink($go);
+        $mark = tempnam(sys_get_temp_dir(), 'msession-mark');  // marked once session_start() has returned
         unlink($mark);
         $running = [];
         try {
-            $running['slow'] = $this->start(['sid' => $sid, 'ops' => [['mark', $mark], ['inc', 'n'], ['set', 'slow', 1], ['sleep', 1600]]], $ini);
+            $running['slow'] = $this->start(
+                ['sid' => $sid, 'ops' => [['mark', $mark], ['inc', 'n'], ['set', 'slow', 1], ['wait_file', $go, 20000]]], $ini);
             msession_wait_until(function () use ($mark, $running) {
                 clearstatcache(true, $mark);
                 return is_file($mark) || !proc_get_status($running['slow'][0])['running'];
@@ -194,19 +199,22 @@ final class SessionHandlerTest extends TestCase
             $this->assertFileExists($mark, 'the slow request ended without taking the lock');
             $running['fast'] = $this->start(['sid' => $sid, 'ops' => [['inc', 'n'], ['set', 'fast', 1]]], $ini);
             // out of $running before finish(), which closes it even when its assertion then fails
-            $slow = $this->finish(self::take($running, 'slow'));
             $fast = $this->finish(self::take($running, 'fast'));
+            touch($go);
+            $slow = $this->finish(self::take($running, 'slow'));
         } finally {
+            @unlink($go);
             @unlink($mark);
             foreach ($running as [$proc]) {  // a failed wait or assertion: no request outlives the test
                 proc_terminate($proc);
                 proc_close($proc);
             }
         }
-        $this->assertTrue($slow['started']);
-        $this->assertStringContainsString('NOT saved', implode("\n", $slow['warnings']));
         $this->assertSame(1, $fast['session']['n']);  // got the lock when the slow one's lease ended
         $this->assertSame([], $fast['warnings']);
+        $this->assertTrue($slow['started']);
+        $this->assertSame([true], $slow['waited']);  // it wrote after the fast request
+        $this->assertStringContainsString('NOT saved', implode("\n", $slow['warnings']));
         $final = $this->request(['sid' => $sid], $ini)['read'];
         $this->assertSame(['n' => 1, 'fast' => 1], $final);
     }

@@ -1,11 +1,14 @@
 <?php
 // One "web request" for SessionHandlerTest, run as `php -d ... request.php JSON`.
 // JSON: {"sid": id or null, "ops": [["inc", k], ["set", k, v], ["unset", k],
-// ["sleep", ms], ["mark", path], ["regenerate"], ["destroy"]], "read_and_close": bool}.
+// ["sleep", ms], ["mark", path], ["wait_file", path, max_ms], ["regenerate"], ["destroy"]],
+// "read_and_close": bool}.
 // ["mark", path] creates the file path: a test waits for it (session_start() returned:
-// in lock mode, the lock is held).
-// Prints JSON: sid, the session's contents, handler calls, warnings, and
-// session_start's/session_write_close's results.
+// in lock mode, the lock is held). ["wait_file", path, max_ms] waits until the file path
+// exists (a test creates it), at most max_ms.
+// Prints JSON: sid, the session's contents, handler calls, warnings,
+// session_start's/session_write_close's results, and waited: for each wait_file,
+// whether the file came (false: max_ms ran out).
 require_once __DIR__ . '/../msession.php';
 
 final class Spy implements SessionHandlerInterface, SessionIdInterface, SessionUpdateTimestampHandlerInterface
@@ -39,7 +42,7 @@ if (!empty($req['sid'])) {
     session_id($req['sid']);
 }
 $started = session_start(!empty($req['read_and_close']) ? ['read_and_close' => true] : []);
-$out = ['started' => $started, 'read' => $_SESSION ?? null];
+$out = ['started' => $started, 'read' => $_SESSION ?? null, 'waited' => []];
 foreach ($req['ops'] ?? [] as $op) {
     switch ($op[0]) {
         case 'inc': $_SESSION[$op[1]] = ($_SESSION[$op[1]] ?? 0) + 1; break;
@@ -47,6 +50,14 @@ foreach ($req['ops'] ?? [] as $op) {
         case 'unset': unset($_SESSION[$op[1]]); break;
         case 'sleep': usleep(1000 * $op[1]); break;
         case 'mark': file_put_contents($op[1], 'started'); break;
+        case 'wait_file':
+            $deadline = microtime(true) + $op[2] / 1000;
+            while (!($found = is_file($op[1])) && microtime(true) < $deadline) {
+                usleep(10000);
+                clearstatcache(true, $op[1]);
+            }
+            $out['waited'][] = $found;
+            break;
         case 'regenerate': session_regenerate_id(); break;
         case 'destroy': session_destroy(); break;
     }
