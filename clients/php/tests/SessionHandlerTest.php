@@ -44,6 +44,34 @@ final class SessionHandlerTest extends TestCase
         return $res;
     }
 
+    /**
+     * Starts a request that holds the session's lock: its first op marks a
+     * file once session_start() has returned (in lock mode, the lock is
+     * held); returns [process, stdout pipe] once the file is there. The
+     * process is terminated if it never comes.
+     */
+    private function startHoldingLock(array $req, array $ini): array
+    {
+        $mark = tempnam(sys_get_temp_dir(), 'msession-mark');
+        unlink($mark);
+        $req['ops'] = array_merge([['mark', $mark]], $req['ops'] ?? []);
+        $started = $this->start($req, $ini);
+        try {
+            msession_wait_until(function () use ($mark, $started) {
+                clearstatcache(true, $mark);
+                return is_file($mark) || !proc_get_status($started[0])['running'];
+            }, 20, 'the request to take the lock');
+            $this->assertFileExists($mark, 'the request ended without taking the lock');
+        } catch (\Throwable $e) {
+            proc_terminate($started[0], 9);
+            proc_close($started[0]);
+            throw $e;
+        } finally {
+            @unlink($mark);
+        }
+        return $started;
+    }
+
     /** $list[$key], removed from $list. */
     private static function take(array &$list, string $key): mixed
     {
@@ -186,17 +214,10 @@ final class SessionHandlerTest extends TestCase
         // created when the fast request has finished: the slow one writes after both, whatever the load.
         $go = tempnam(sys_get_temp_dir(), 'msession-go');
         unlink($go);
-        $mark = tempnam(sys_get_temp_dir(), 'msession-mark');  // marked once session_start() has returned
-        unlink($mark);
         $running = [];
         try {
-            $running['slow'] = $this->start(
-                ['sid' => $sid, 'ops' => [['mark', $mark], ['inc', 'n'], ['set', 'slow', 1], ['wait_file', $go, 20000]]], $ini);
-            msession_wait_until(function () use ($mark, $running) {
-                clearstatcache(true, $mark);
-                return is_file($mark) || !proc_get_status($running['slow'][0])['running'];
-            }, 20, 'the slow request to take the lock');
-            $this->assertFileExists($mark, 'the slow request ended without taking the lock');
+            $running['slow'] = $this->startHoldingLock(
+                ['sid' => $sid, 'ops' => [['inc', 'n'], ['set', 'slow', 1], ['wait_file', $go, 20000]]], $ini);
             $running['fast'] = $this->start(['sid' => $sid, 'ops' => [['inc', 'n'], ['set', 'fast', 1]]], $ini);
             // out of $running before finish(), which closes it even when its assertion then fails
             $fast = $this->finish(self::take($running, 'fast'));
@@ -204,7 +225,6 @@ final class SessionHandlerTest extends TestCase
             $slow = $this->finish(self::take($running, 'slow'));
         } finally {
             @unlink($go);
-            @unlink($mark);
             foreach ($running as [$proc]) {  // a failed wait or assertion: no request outlives the test
                 proc_terminate($proc);
                 proc_close($proc);
@@ -233,21 +253,9 @@ final class SessionHandlerTest extends TestCase
     {
         $ini = ['msession.lock_lease' => '1', 'msession.lock_wait' => '5'];
         $sid = $this->request(['ops' => [['set', 'n', 0]]], $ini)['sid'];
-        $crashed = $this->start(['sid' => $sid, 'ops' => [['sleep', 5000]]], $ini);
-        try {
-            msession_wait_until(function () use ($sid) {
-                try {
-                    $this->c->unlock($sid, $this->c->lock($sid, 0));
-                    return false;  // not taken yet: we took and released it
-                } catch (Msession\MsessionException $e) {
-                    $this->assertSame('LOCKED', $e->getErrorName());
-                    return true;
-                }
-            }, 10, 'the request to take the lock');
-        } finally {
-            proc_terminate($crashed[0], 9);  // the "crash" (and no leftover process if the wait failed)
-            proc_close($crashed[0]);
-        }
+        $crashed = $this->startHoldingLock(['sid' => $sid, 'ops' => [['sleep', 5000]]], $ini);
+        proc_terminate($crashed[0], 9);  // the "crash"
+        proc_close($crashed[0]);
         $t = microtime(true);
         $r = $this->request(['sid' => $sid, 'ops' => [['inc', 'n']]], $ini);
         $this->assertLessThan(2.0, microtime(true) - $t);
