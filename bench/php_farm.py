@@ -51,7 +51,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from node.farm import die_with_parent, wait_converged
+from node.farm import die_with_parent, term_with_parent, wait_converged
 
 from .report import percentile
 from .servers import DEFAULT_NODE_CMD, BenchError, MsessionServer, RedisServer, _Child, find_redis, free_port, proc_cpu_seconds
@@ -96,8 +96,14 @@ class MemcachedServer(_Child):
         raise BenchError(f"memcached did not start:\n{log}")
 
 
+# Runs its arguments; on SIGTERM, SIGTERM to its whole process group (itself
+# included, once its trap is reset). ``wait $!``: php's exit status is its own.
+SUPERVISOR = 'trap "trap - TERM; kill 0" TERM; "$@" & wait $!'
+
+
 class PhpServer:
-    """``php -S`` with workers, in its own process group (stopped as a group),
+    """``php -S`` with workers, in its own process group (stopped as a group;
+    the whole group is stopped when we die, see ``SUPERVISOR``),
     with a TMPDIR of its own (where msession's handler caches the farm's
     routing table when APCu is absent). ``log``: keep its stderr (minus the
     access log lines) in ``self.log``. tests/test_php.py uses it too."""
@@ -116,9 +122,13 @@ class PhpServer:
         env["PHP_CLI_SERVER_WORKERS"] = str(workers)
         env["TMPDIR"] = self.tmp
         self.log = b""
-        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE if log else subprocess.DEVNULL,
-                                     start_new_session=True, preexec_fn=die_with_parent)  # its own group, and dies with us
+        # php's workers are forked children, which PR_SET_PDEATHSIG does not
+        # reach: php runs under a shell in a process group of its own, which
+        # gets SIGTERM when we die (even SIGKILLed) and then signals its whole
+        # group. ``self.proc`` is that shell; stop() signals the group.
+        self.proc = subprocess.Popen(["sh", "-c", SUPERVISOR, "sh", *cmd], env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if log else subprocess.DEVNULL,
+                                     start_new_session=True, preexec_fn=term_with_parent)
         self._reader = threading.Thread(target=self._drain, daemon=True) if log else None
         if self._reader:
             self._reader.start()

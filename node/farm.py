@@ -116,13 +116,20 @@ except (OSError, AttributeError):  # pragma: no cover (not Linux)
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """preexec_fn: SIGKILL this process when its parent dies (Linux
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """preexec_fn: ``sig`` (SIGKILL) to this process when its parent dies (Linux
     PR_SET_PDEATHSIG). Strictly: when the *thread* that forked it ends, so
     start children from a thread that lives as long as they should (the
-    main thread, in the farm, the tests and the benchmark, which use it too)."""
+    main thread, in the farm, the tests and the benchmark, which use it too).
+    Only this process gets it, not the children it forks: see ``term_with_parent``."""
     if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def term_with_parent() -> None:
+    """preexec_fn: SIGTERM, which it can catch, when its parent dies (else as
+    ``die_with_parent``): for a supervisor that then stops the children it forked."""
+    die_with_parent(signal.SIGTERM)
 
 
 # -- the launcher -------------------------------------------------------------------------
