@@ -25,6 +25,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from node.farm import die_with_parent
 from procs import ROOT, NodeProcess
 
 from bench.php_farm import PhpServer as BenchPhpServer  # noqa: E402
@@ -74,10 +75,12 @@ def test_phpunit_suite(farm, tmp_path):
         env["MSESSION_TEST_SERVE"] = json.dumps([sys.executable, "-m", "node.cli", "serve"])
         env["MSESSION_TEST_ROOT"] = str(ROOT)
         # Its own process group: on a timeout, the nodes and fake nodes PHPUnit
-        # started go with it (a PHP fatal error skips their tearDown too).
+        # started go with it (a PHP fatal error skips their tearDown too); it dies with
+        # pytest, as every process the tests start (die_with_parent).
         phpunit_proc = subprocess.Popen(
             [phpunit, "-c", str(PHP_DIR / "phpunit.xml")],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         try:
             out, err = phpunit_proc.communicate(timeout=180)
