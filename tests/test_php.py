@@ -50,13 +50,6 @@ def _need_php() -> str:
     return php
 
 
-@pytest.fixture
-def msession_nodes(farm) -> list[str]:
-    """Addresses ("host:port") of the msession nodes behind the web farm:
-    conftest.py's 3-node ``farm``."""
-    return farm.addresses
-
-
 # -- PHPUnit ------------------------------------------------------------------------
 
 
@@ -161,9 +154,9 @@ def _user_sequential(servers, requests: int) -> list[int]:
 
 
 @pytest.mark.parametrize("mode", ["lock", "merge"])
-def test_farm_every_answer_is_the_previous_plus_one(msession_nodes, mode):
+def test_farm_every_answer_is_the_previous_plus_one(farm, mode):
     users, requests = 8, 15
-    with web_farm(msession_nodes, mode) as servers, ThreadPoolExecutor(users) as pool:
+    with web_farm(farm.addresses, mode) as servers, ThreadPoolExecutor(users) as pool:
         results = list(pool.map(lambda _: _user_sequential(servers, requests), range(users)))
         log = b"".join(s.log for s in servers).decode(errors="replace")
     for values in results:
@@ -171,9 +164,9 @@ def test_farm_every_answer_is_the_previous_plus_one(msession_nodes, mode):
     assert "Warning" not in log and "Fatal" not in log, log
 
 
-def test_farm_lock_mode_concurrent_requests_of_one_user_lose_nothing(msession_nodes):
+def test_farm_lock_mode_concurrent_requests_of_one_user_lose_nothing(farm):
     users, rounds, burst = 3, 4, 4
-    with web_farm(msession_nodes, "lock") as servers, ThreadPoolExecutor(users * burst) as pool:
+    with web_farm(farm.addresses, "lock") as servers, ThreadPoolExecutor(users * burst) as pool:
         sids = [get(servers[0], None, key="n")["sid"] for _ in range(users)]  # n = 1 each
 
         def ajax(sid: str, i: int) -> int:
@@ -191,9 +184,9 @@ def test_farm_lock_mode_concurrent_requests_of_one_user_lose_nothing(msession_no
     assert "Warning" not in log and "Fatal" not in log, log
 
 
-def test_farm_merge_mode_concurrent_requests_to_different_keys_lose_nothing(msession_nodes):
+def test_farm_merge_mode_concurrent_requests_to_different_keys_lose_nothing(farm):
     users, rounds, keys = 3, 4, ["a", "b", "c", "d"]
-    with web_farm(msession_nodes, "merge") as servers, ThreadPoolExecutor(users * len(keys)) as pool:
+    with web_farm(farm.addresses, "merge") as servers, ThreadPoolExecutor(users * len(keys)) as pool:
         sids = [get(servers[0], None, key="start")["sid"] for _ in range(users)]
 
         def ajax(sid: str, i: int, key: str) -> int:
