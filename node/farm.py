@@ -216,7 +216,6 @@ class NodeChild:
             full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), full_env.get("PYTHONPATH", "")) if p)
         full_env["PYTHONUNBUFFERED"] = "1"
         full_env.update(env or {})
-        self.command = command
         self.proc = subprocess.Popen(
             command, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, start_new_session=True, preexec_fn=die_with_parent,

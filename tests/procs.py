@@ -52,8 +52,7 @@ class NodeProcess(NodeChild):
 
     def __init__(self, *args: str, env: dict | None = None, timeout: float = 15.0):
         # a farm of one by default
-        self.args = serve_args(gossip_port=None if "--gossip-port" in args else 0, extra=args)
-        super().__init__(self.args, env=env, cwd=ROOT)
+        super().__init__(serve_args(gossip_port=None if "--gossip-port" in args else 0, extra=args), env=env, cwd=ROOT)
         _live.add(self)
         if not self.wait_ready(timeout):
             self.stop()
@@ -109,9 +108,6 @@ class Farm:
 
         with Client(nodes=[node.address], timeout=5) as c:
             return c.status()
-
-    def states(self, node: NodeProcess) -> dict[str, str]:
-        return {m["name"]: m["state"] for m in self.status(node)["members"]}
 
     def wait_converged(self, timeout: float = 20.0) -> None:
         """Until every running node sees every running node alive, and the same ring."""
