@@ -64,14 +64,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class _Child:
+    """A server we start ourselves (redis, memcached), with a temporary file for
+    its output (``self.logfile``, read by ``log()``, removed by ``stop()``)."""
+
     name = "server"
 
-    def __init__(self, logfile: bool = True):
-        """``logfile``: a temporary file for the server's output (``self.logfile``,
-        read by ``log()``, removed by ``stop()``)."""
+    def __init__(self):
         self.proc: subprocess.Popen | None = None
-        self.logfile = (tempfile.NamedTemporaryFile(prefix=f"bench-{self.name}-", suffix=".log", delete=False)
-                        if logfile else None)
+        self.logfile = tempfile.NamedTemporaryFile(prefix=f"bench-{self.name}-", suffix=".log", delete=False)
         self.host = "127.0.0.1"
         self.port = 0
 
@@ -84,8 +84,6 @@ class _Child:
         return self.proc is not None and self.proc.poll() is None
 
     def log(self) -> str:
-        if self.logfile is None:
-            return ""
         try:
             return Path(self.logfile.name).read_bytes().decode(errors="replace")
         except OSError:
@@ -98,37 +96,31 @@ class _Child:
         """SIGTERM, then SIGKILL after ``timeout`` s, by PID; idempotent."""
         if self.proc is not None:
             terminate([self.proc], signal.SIGTERM, timeout)
-        if self.logfile is not None:
-            try:
-                self.logfile.close()
-                os.unlink(self.logfile.name)
-            except OSError:
-                pass
+        try:
+            self.logfile.close()
+            os.unlink(self.logfile.name)
+        except OSError:
+            pass
 
 
 # A farm of one on a free loopback port.
 DEFAULT_NODE_CMD = node_command(serve_args(bind="127.0.0.1", port=0, gossip_port=0))
 
 
-class MsessionServer(_Child):
-    """A msession node, started by node.farm's launcher; ``log()`` is what it
-    wrote to stderr."""
+class MsessionServer:
+    """A msession node, run by node.farm's launcher: ``self.node`` (a
+    ``NodeChild``, once started) is all its state; ``log()`` is what it wrote
+    to stderr (the launcher keeps it). Same interface as the other servers."""
 
     name = "msession"
 
     def __init__(self, command: list[str] | None = None):
-        super().__init__(logfile=False)  # the launcher keeps its stderr
         self.command = command or DEFAULT_NODE_CMD
         self.node: NodeChild | None = None
 
-    def log(self) -> str:
-        return self.node.text() if self.node is not None else ""
-
     def start(self, timeout: float = 15.0) -> "MsessionServer":
-        self.node = NodeChild(command=self.command, cwd=ROOT, name=self.name, host=self.host, port=self.port)
-        self.proc = self.node.proc
+        self.node = NodeChild(command=self.command, cwd=ROOT, name=self.name)
         if self.node.wait_ready(timeout):
-            self.host, self.port = self.node.host, self.node.port
             if not _is_loopback(self.host):
                 self.stop()
                 raise BenchError(f"the msession node listens on {self.host}, not a loopback address")
@@ -137,10 +129,36 @@ class MsessionServer(_Child):
         self.stop()
         raise BenchError(f"the msession node did not start:\n{log}")
 
+    def _started(self) -> NodeChild:
+        if self.node is None:
+            raise RuntimeError("the msession node was not started")
+        return self.node
+
+    @property
+    def host(self) -> str:
+        return self._started().host
+
+    @property
+    def port(self) -> int:
+        return self._started().port
+
+    @property
+    def pid(self) -> int:
+        return self._started().pid
+
+    def alive(self) -> bool:
+        return self.node is not None and self.node.exited() is None
+
+    def log(self) -> str:
+        return self.node.text() if self.node is not None else ""
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
     def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` s, by PID; idempotent."""
         if self.node is not None:
             self.node.stop(signal.SIGTERM, timeout)
-        super().stop(timeout)
 
 
 def find_redis(install: bool = True) -> str:
