@@ -51,7 +51,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from node.farm import die_with_parent, term_with_parent, wait_converged
+from node.farm import child_env, die_with_parent, term_with_parent, wait_converged
 
 from .report import percentile
 from .servers import DEFAULT_NODE_CMD, BenchError, MsessionServer, RedisServer, _Child, find_redis, free_port, proc_cpu_seconds
@@ -118,9 +118,7 @@ class PhpServer:
         for k, v in ini.items():
             cmd += ["-d", f"{k}={v}"]
         cmd += ["-S", f"127.0.0.1:{self.port}", "-t", str(APP)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
-        env["PHP_CLI_SERVER_WORKERS"] = str(workers)
-        env["TMPDIR"] = self.tmp
+        env = child_env(extra={"PHP_CLI_SERVER_WORKERS": str(workers), "TMPDIR": self.tmp})
         self.log = b""
         # php's workers are forked children, which PR_SET_PDEATHSIG does not
         # reach: php runs under a shell in a process group of its own, which

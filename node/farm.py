@@ -134,6 +134,19 @@ def term_with_parent() -> None:
 
 # -- the launcher -------------------------------------------------------------------------
 
+def child_env(drop_msession: bool | Iterable[str] = True, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A child process's environment: a copy of ours without the ``MSESSION_*``
+    variables (every one when ``drop_msession`` is True; those it names when it
+    is a list of names; none when False), then ``extra`` set. Changes nothing."""
+    if drop_msession is True:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
+    else:
+        dropped = set(drop_msession or ())
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
+    env.update(extra or {})
+    return env
+
+
 def serve_args(*, name: str | None = None, bind: str = "127.0.0.1", port: int = 0, gossip_port: int | None = 0,
                seeds: Iterable[str] = (), extra: Iterable[str] = ()) -> list[str]:
     """A node's ``serve`` command line (without the interpreter): ``--name`` when
@@ -207,9 +220,7 @@ class NodeChild:
         self._ready = False
         self._closed = False
         self._cond = threading.Condition()
-        dropped = None if drop_env is None else set(drop_env)
-        full_env = {k: v for k, v in os.environ.items()
-                    if not (k in dropped if dropped is not None else k.startswith("MSESSION_"))}
+        full_env = child_env(True if drop_env is None else drop_env)
         if command is None:
             command = node_command(args)
             # The child imports the same code as we do, wherever it is started from.

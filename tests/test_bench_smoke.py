@@ -17,6 +17,7 @@ import sys
 
 import pytest
 
+from node.farm import child_env
 from procs import ROOT
 
 
@@ -28,10 +29,9 @@ def test_bench_runs_both_systems(tmp_path):
     if not _have_redis() and os.geteuid() != 0:
         pytest.skip("redis-server is not installed and we are not root (sudo apt-get install redis-server)")
     out = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--seconds", "1", "--warmup", "0", "--sessions", "500", "--json", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120,
     )
     report = f"exit code {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     assert proc.returncode == 0, report

@@ -1,7 +1,6 @@
 """The ``msession`` command against a real node process."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from node.farm import child_env
 from procs import ROOT, NodeProcess, wait_for
 from protocol.client import Client
 from protocol.codec import encode_request
@@ -21,9 +21,7 @@ def run(node, *args, check=True, env=None):
     cmd = [sys.executable, "-m", "node.cli"]
     if node is not None:
         cmd += ["--node", node.address]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
-    full_env.update(env or {})
-    proc = subprocess.run(cmd + list(args), cwd=ROOT, capture_output=True, timeout=30, env=full_env)
+    proc = subprocess.run(cmd + list(args), cwd=ROOT, capture_output=True, timeout=30, env=child_env(extra=env))
     if check:
         assert proc.returncode == 0, proc.stderr.decode()
     return proc

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from node.farm import die_with_parent
+from node.farm import child_env, die_with_parent
 from node import cli
 from node import config as config_mod
 from node import farm
@@ -210,6 +210,20 @@ def test_farm_addresses_stay_on_this_machine():
         farm.node_addresses("127.0.0.11", 0)
 
 
+def test_child_env_drops_msession_variables_and_changes_nothing(monkeypatch):
+    monkeypatch.setenv("MSESSION_PORT", "1")
+    monkeypatch.setenv("MSESSION_NODES", "a:1")
+    monkeypatch.setenv("OTHER", "x")
+    before = dict(os.environ)
+    env = farm.child_env(extra={"MSESSION_TEST": "y"})
+    assert env["OTHER"] == "x" and env["MSESSION_TEST"] == "y"
+    assert "MSESSION_PORT" not in env and "MSESSION_NODES" not in env
+    named = farm.child_env(["MSESSION_PORT"])
+    assert "MSESSION_PORT" not in named and named["MSESSION_NODES"] == "a:1"
+    assert farm.child_env(False)["MSESSION_PORT"] == "1"
+    assert dict(os.environ) == before
+
+
 def test_farm_node_commands_seed_to_the_first_two():
     ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14"]
     cmds = farm.node_commands(ips, 8086, 7946, ["--log-level", "debug"])
@@ -282,7 +296,7 @@ def test_farm_of_three_starts_reports_and_stops(tmp_path):
     ips = ["127.0.0.41", "127.0.0.42", "127.0.0.43"]
     port, gport = free_ports_on(ips)
     log_path = tmp_path / "farm.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
+    env = child_env()
     with open(log_path, "wb") as log:
         launcher = subprocess.Popen(
             [sys.executable, "-m", "node.cli", "farm", "--nodes", "3", "--base-ip", ips[0],
