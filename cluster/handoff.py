@@ -47,7 +47,7 @@ class Takeovers:
 
     def __init__(self) -> None:
         self.previous: dict[int, str] = {}
-        self.since = -math.inf
+        self.until = -math.inf  # the window's last instant
 
     def ring_changed(self, old: Ring, new: Ring, me: str, holding: bool, now: float) -> None:
         """Records the partitions ``new`` gives us that ``old`` gave to others.
@@ -59,13 +59,20 @@ class Takeovers:
         for p, (was, owner) in enumerate(zip(old.owners, new.owners)):
             if owner == me and was is not None and was != me:
                 self.previous[p] = was
-        self.since = now
+        self.until = now + TAKE_WINDOW
 
     def active(self, now: float) -> bool:
         """Whether any partition may still have sessions on their way here."""
-        if self.previous and now - self.since > TAKE_WINDOW:
+        if self.previous and now > self.until:
             self.previous.clear()
         return bool(self.previous)
+
+    def closes_at(self) -> float:
+        """The first instant at which ``active`` is false again (whoever asks
+        first then forgets the partitions); ``math.inf`` when nothing was
+        taken over (or the window was seen closed). A caller whose decisions
+        depend on ``active`` wakes then."""
+        return math.nextafter(self.until, math.inf) if self.previous else math.inf
 
     def previous_owner(self, partition: int, now: float) -> str | None:
         return self.previous.get(partition) if self.active(now) else None
@@ -196,6 +203,14 @@ def split(state: list, budget: int) -> list[list]:
         [sid, classname, data if i == 0 else b"", data_version if i == 0 else 0, chunk, ctime, atime, timeout]
         for i, chunk in enumerate(parts)
     ]
+
+
+def fast_path(ready: bool, ring: Ring, me: str, taking_over: bool) -> bool:
+    """Whether every request may run here without routing (a farm of one):
+    ready (joined, or done waiting for seeds), alone in the ring (or in an
+    empty one), and no partition taken over within ``TAKE_WINDOW``
+    (``Takeovers.active``: a session may still be on its way here)."""
+    return ready and set(ring.members) <= {me} and not taking_over
 
 
 class Backoff:

@@ -28,6 +28,7 @@ What runs here (everything that decides is in the sans-I/O modules):
 from __future__ import annotations
 
 import logging
+import math
 import random
 import socket
 import sys
@@ -180,9 +181,11 @@ class Cluster:
             self._refresh_fast_path()
 
     def _refresh_fast_path(self) -> None:
-        self._solo = (
-            self._ready_event.is_set() and set(self.ring.members) <= {self.name}
-            and not self._takeovers.active(trio.current_time())
+        """``_solo`` by ``handoff.fast_path``, after anything it depends on
+        changed: readiness, the ring, the TAKE window (``_timers`` wakes when
+        it closes)."""
+        self._solo = handoff.fast_path(
+            self._ready_event.is_set(), self.ring, self.name, self._takeovers.active(trio.current_time())
         )
 
     # -- gossip I/O -----------------------------------------------------------
@@ -206,12 +209,16 @@ class Cluster:
 
     async def _timers(self) -> None:
         m = self.membership
+        window_closes = math.inf
         while True:
             self._drain_udp()  # answers already here count before timeouts fire
             m.tick(trio.current_time())
             self._after()
+            if trio.current_time() >= window_closes:
+                self._refresh_fast_path()  # the TAKE window closed: the fast path may apply again
+            window_closes = self._takeovers.closes_at()
             self._wake = trio.Event()
-            with trio.move_on_at(m.next_wakeup()):
+            with trio.move_on_at(min(m.next_wakeup(), window_closes)):
                 await self._wake.wait()
 
     def _after(self) -> None:
@@ -504,10 +511,7 @@ class Cluster:
         takeovers = self._takeovers
         if not takeovers.previous:
             return None  # nothing taken over (the usual case)
-        take = takeovers.take_first(cmd, args, trio.current_time(), self._holds)
-        if not takeovers.previous:
-            self._refresh_fast_path()  # the window has just closed: the fast path may apply again
-        return take
+        return takeovers.take_first(cmd, args, trio.current_time(), self._holds)
 
     def _holds(self, sid: bytes) -> bool:
         return self.node.store.get(sid, self.clock(), touch=False) is not None

@@ -3,6 +3,8 @@ and a fake store: no trio, no sockets."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from cluster import handoff
@@ -49,6 +51,28 @@ def test_takeovers_name_the_previous_owner_for_the_window():
     assert not t.active(100.0 + handoff.TAKE_WINDOW + 1)
 
 
+def test_takeovers_tell_when_their_window_closes():
+    t = handoff.Takeovers()
+    assert t.closes_at() == math.inf  # nothing taken over: no wake-up
+    t.ring_changed(OLD, NEW, "c", holding=True, now=100.0)
+    closes = t.closes_at()
+    assert 100.0 + handoff.TAKE_WINDOW < closes < 100.0 + handoff.TAKE_WINDOW + 1e-9
+    assert t.active(math.nextafter(closes, 0.0)) and not t.active(closes)
+    assert t.closes_at() == math.inf  # seen closed
+    t.ring_changed(NEW, NEW, "c", holding=True, now=200.0)  # nothing gained: still none
+    assert t.closes_at() == math.inf
+
+
+def test_the_fast_path_needs_readiness_a_ring_of_us_alone_and_no_takeover():
+    alone = Ring(["a"])
+    assert handoff.fast_path(True, alone, "a", False)
+    assert handoff.fast_path(True, Ring([]), "a", False)
+    assert not handoff.fast_path(False, alone, "a", False)
+    assert not handoff.fast_path(True, OLD, "a", False)
+    assert not handoff.fast_path(True, Ring(["b"]), "a", False)
+    assert not handoff.fast_path(True, alone, "a", True)
+
+
 def test_a_member_that_just_joined_takes_over_from_the_others():
     t = handoff.Takeovers()
     t.ring_changed(Ring(["c"]), NEW, "c", holding=False, now=0.0)
@@ -81,7 +105,7 @@ def test_the_store_is_not_asked_outside_taken_partitions_or_the_window():
     assert t.take_first(Cmd.GETVAL, [OTHER, b"k"], 101.0, never) is None
     late = 100.0 + handoff.TAKE_WINDOW + 0.001
     assert t.take_first(Cmd.GETVAL, [SID, b"k"], late, never) is None
-    assert not t.previous  # the window closed: forgotten (runtime refreshes its fast path on this)
+    assert not t.previous  # the window closed: forgotten
     assert handoff.Takeovers().take_first(Cmd.GETVAL, [SID], 0.0, never) is None
 
 
