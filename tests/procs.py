@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.servers import free_port  # noqa: E402,F401  (tests take it from here)
-from node.farm import NodeChild, serve_args, wait_converged  # noqa: E402
+from node.farm import NodeChild, child_env, serve_args, wait_converged  # noqa: E402
 
 
 _live: "set[NodeProcess]" = set()
@@ -34,6 +35,19 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
         time.sleep(interval)
+
+
+def run(node, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``msession ARGS`` (``python -m node.cli``), asking ``node`` (``--node``;
+    None: no ``--node``) with our environment minus ``MSESSION_*`` plus ``env``;
+    with ``check``, fails unless it exits 0."""
+    cmd = [sys.executable, "-m", "node.cli"]
+    if node is not None:
+        cmd += ["--node", node.address]
+    proc = subprocess.run(cmd + list(args), cwd=ROOT, capture_output=True, timeout=30, env=child_env(extra=env))
+    if check:
+        assert proc.returncode == 0, proc.stderr.decode()
+    return proc
 
 
 async def wait_until(predicate, timeout: float = 5.0) -> None:

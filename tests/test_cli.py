@@ -10,21 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from node.farm import child_env
-from procs import ROOT, NodeProcess, wait_for
+from procs import NodeProcess, run, wait_for
 from protocol.client import Client
 from protocol.codec import encode_request
 from protocol.constants import Cmd
-
-
-def run(node, *args, check=True, env=None):
-    cmd = [sys.executable, "-m", "node.cli"]
-    if node is not None:
-        cmd += ["--node", node.address]
-    proc = subprocess.run(cmd + list(args), cwd=ROOT, capture_output=True, timeout=30, env=child_env(extra=env))
-    if check:
-        assert proc.returncode == 0, proc.stderr.decode()
-    return proc
 
 
 @pytest.fixture(scope="module")

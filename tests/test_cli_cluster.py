@@ -20,8 +20,7 @@ from node.farm import child_env, die_with_parent
 from node import cli
 from node import config as config_mod
 from node import farm
-from procs import ROOT, NodeProcess, free_port, wait_for
-from test_cli import run
+from procs import ROOT, NodeProcess, free_port, run, wait_for
 
 
 def run_cli(*args, env=None):
