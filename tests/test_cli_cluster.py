@@ -21,6 +21,7 @@ from node import cli
 from node import config as config_mod
 from node import farm
 from procs import ROOT, NodeProcess, free_port, run, wait_for
+from protocol.client import MsessionError
 
 
 def run_cli(*args, env=None):
@@ -221,6 +222,33 @@ def test_child_env_drops_msession_variables_and_changes_nothing(monkeypatch):
     assert "MSESSION_PORT" not in named and named["MSESSION_NODES"] == "a:1"
     assert farm.child_env(False)["MSESSION_PORT"] == "1"
     assert dict(os.environ) == before
+
+
+def test_wait_converged_waits_through_a_node_not_ready_but_not_through_a_bug(monkeypatch):
+    raised: list[BaseException] = []
+
+    class FakeClient:
+        def __init__(self, nodes, **kw):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def status(self):
+            raise raised[0]
+
+    monkeypatch.setattr(farm, "Client", FakeClient)
+    for not_ready in (MsessionError("NOCONNECT", "no node answered"), ConnectionRefusedError("refused")):
+        raised[:] = [not_ready]
+        missing = farm.wait_converged(["127.0.0.1:1"], ["a"], 0.05, interval=0.01)
+        assert missing is not None and "STATUS failed" in missing
+    for bug in (AttributeError("'NoneType' object has no attribute 'x'"), TypeError("bad call")):
+        raised[:] = [bug]
+        with pytest.raises(type(bug)):
+            farm.wait_converged(["127.0.0.1:1"], ["a"], 5.0, interval=0.01)
 
 
 def test_farm_node_commands_seed_to_the_first_two():
