@@ -323,6 +323,8 @@ def test_request_forwarded_to_an_owner_that_dies_gets_a_clear_error(farms):
     with Client(nodes=[owner.address]) as oc:  # the case under test: the lock is waited for at the owner
         wait_for(lambda: oc.info()["lock_waiters"] == 1, 5, f"the locker waiting at the owner ({results})")
     assert t1.is_alive() and "lock" not in results
+    # the reader is under way too (it may not have read yet when the lock waits)
+    wait_for(lambda: any(r == ("ok", s.encode()) for s, r, _ in list(reads)), 5, "a read before the kill")
     killed = time.monotonic()
     results["read_until"] = killed + 3
     owner.send(signal.SIGKILL)
