@@ -51,10 +51,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from node.farm import child_env, die_with_parent, term_with_parent, wait_converged
+from node.farm import child_env, die_with_parent, node_command, serve_args, term_with_parent, wait_converged
 
 from .report import percentile
-from .servers import DEFAULT_NODE_CMD, BenchError, MsessionServer, RedisServer, _Child, find_redis, free_port, proc_cpu_seconds
+from .servers import BenchError, MsessionServer, RedisServer, _Child, find_redis, free_port, proc_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "clients" / "php" / "tests" / "farm"  # the web-farm test's page
@@ -173,9 +173,9 @@ class MsessionFarm:
         self.nodes: list[MsessionServer] = []
         try:
             for i in range(n):
-                seeds = ["--seeds", self.gossip(self.nodes[0])] if self.nodes else []
-                self.nodes.append(MsessionServer(DEFAULT_NODE_CMD + ["--name", f"bench{i + 1}", *seeds]).start())
-            self.wait_converged(n)
+                name, seeds = f"bench{i + 1}", [self.gossip(self.nodes[0])] if self.nodes else []
+                self.nodes.append(MsessionServer(node_command(serve_args(name=name, seeds=seeds)), name=name).start())
+            self.wait_converged()
         except BaseException:
             self.stop()
             raise
@@ -187,14 +187,14 @@ class MsessionFarm:
             raise BenchError(f"no gossip address in the node's log:\n{node.log()}")
         return address
 
-    def wait_converged(self, n: int, timeout: float = 20.0) -> None:
-        missing = wait_converged(self.addresses, {f"bench{i + 1}" for i in range(n)}, timeout, interval=0.1)
+    def wait_converged(self, timeout: float = 20.0) -> None:
+        missing = wait_converged(self.addresses, [node.name for node in self.nodes], timeout, interval=0.1)
         if missing is not None:
-            raise BenchError(f"the {n} msession nodes did not form a farm within {timeout} s: {missing}")
+            raise BenchError(f"the {len(self.nodes)} msession nodes did not form a farm within {timeout} s: {missing}")
 
     @property
     def addresses(self) -> list[str]:
-        return [f"127.0.0.1:{node.port}" for node in self.nodes]
+        return [node.address for node in self.nodes]
 
     def cpu_seconds(self) -> float:
         return sum(node.cpu_seconds() for node in self.nodes)

@@ -110,12 +110,13 @@ DEFAULT_NODE_CMD = node_command(serve_args(bind="127.0.0.1", port=0, gossip_port
 class MsessionServer:
     """A msession node, run by node.farm's launcher: ``self.node`` (a
     ``NodeChild``, once started) is all its state; ``log()`` is what it wrote
-    to stderr (the launcher keeps it). Same interface as the other servers."""
+    to stderr (the launcher keeps it). Same interface as the other servers.
+    ``command``: its command line (``DEFAULT_NODE_CMD``); ``name``: its
+    ``--name`` in that command, if any (how the farm knows it)."""
 
-    name = "msession"
-
-    def __init__(self, command: list[str] | None = None):
+    def __init__(self, command: list[str] | None = None, name: str = "msession"):
         self.command = command or DEFAULT_NODE_CMD
+        self.name = name
         self.node: NodeChild | None = None
 
     def start(self, timeout: float = 15.0) -> "MsessionServer":
@@ -141,6 +142,10 @@ class MsessionServer:
     @property
     def port(self) -> int:
         return self._started().port
+
+    @property
+    def address(self) -> str:
+        return self._started().address
 
     @property
     def pid(self) -> int:
