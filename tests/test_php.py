@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from node.farm import die_with_parent
+from node.farm import child_env, die_with_parent
 from procs import ROOT, NodeProcess
 
 from bench.php_farm import PhpServer as BenchPhpServer  # noqa: E402
@@ -60,13 +60,14 @@ def test_phpunit_suite(farm, tmp_path):
     phpunit = _need("phpunit")
     node = NodeProcess("--plugin", "stats")
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MSESSION_")}
-        env["MSESSION_TEST_NODES"] = node.address
-        env["MSESSION_TEST_FARM"] = ",".join(farm.addresses)
-        env["TMPDIR"] = str(tmp_path)  # the routing table cache files
-        # the persistent-connection tests start (and restart) nodes of their own
-        env["MSESSION_TEST_SERVE"] = json.dumps([sys.executable, "-m", "node.cli", "serve"])
-        env["MSESSION_TEST_ROOT"] = str(ROOT)
+        env = child_env(extra={
+            "MSESSION_TEST_NODES": node.address,
+            "MSESSION_TEST_FARM": ",".join(farm.addresses),
+            "TMPDIR": str(tmp_path),  # the routing table cache files
+            # the persistent-connection tests start (and restart) nodes of their own
+            "MSESSION_TEST_SERVE": json.dumps([sys.executable, "-m", "node.cli", "serve"]),
+            "MSESSION_TEST_ROOT": str(ROOT),
+        })
         # Its own process group: on a timeout, the nodes and fake nodes PHPUnit
         # started go with it (a PHP fatal error skips their tearDown too); it dies with
         # pytest, as every process the tests start (die_with_parent).
