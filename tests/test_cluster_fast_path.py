@@ -57,3 +57,19 @@ async def test_a_member_left_alone_takes_the_fast_path_once_the_take_window_clos
             assert await client.get("after-the-window", "k") == b"v"
         assert a.counters["takes"] == 0
         farm.cancel_scope.cancel()
+
+
+async def test_an_empty_first_member_takes_nothing_over_when_a_second_joins_it(mock_clock):
+    # It holds no session, as a farm's first member often does: still, it
+    # owned everything before b came, so it has nobody to ask (TAKE) for
+    # what it lacks. b, which joined through it, asks a.
+    mock_clock.rate = 1.0
+    async with trio.open_nursery() as farm:
+        a = await start_member(farm, "a")
+        await wait_until(lambda: a._solo, 5)
+        b = await start_member(farm, "b", seeds=[f"127.0.0.1:{a.gossip_port}"])
+        await wait_until(lambda: len(a.ring) == 2 and len(b.ring) == 2, 10)
+        assert len(a.node.store) == 0 and not a._takeovers.previous
+        mine = b.ring.partitions_of("b")
+        assert mine and b._takeovers.previous == {p: "a" for p in mine}
+        farm.cancel_scope.cancel()
