@@ -632,9 +632,12 @@ class Cluster:
         store, now = self.node.store, self.clock()
         budget = handoff.handoff_budget(self.config.max_frame)
         sent = 0
-        for owner, sids in handoff.moves((s.sid for s in store.sessions(now)), ring, self.name).items():
-            held = [s for s in (store.get(sid, now, touch=False) for sid in sids) if s is not None]
-            sized = [(s.sid, handoff.state_size(s.sid, s.classname, s.data, s.vars)) for s in held]
+        held = {s.sid: s for s in store.sessions(now)}
+        for owner, sids in handoff.moves(held, ring, self.name).items():
+            sized = []  # (sized as they were: each is looked up again below, after the awaits)
+            for sid in sids:
+                s = held[sid]
+                sized.append((sid, handoff.state_size(sid, s.classname, s.data, s.vars)))
             for batch in handoff.batches(sized, budget):
                 states = []
                 for sid in batch:

@@ -5,7 +5,8 @@
 - sessions larger in total than a frame, and one session larger than a frame,
   move whole;
 - a request at the frame limit, or with a lock wait written as a string, goes
-  through a member that is not the owner like through the owner.
+  through a member that is not the owner like through the owner;
+- a handoff looks each moving session up once (in process).
 """
 
 from __future__ import annotations
@@ -131,3 +132,41 @@ def test_requests_at_the_limits_go_through_any_member(farms):
         assert exc.value.code == "LOCKED"
     log = n1.read_log()
     assert "Traceback" not in log and "internal error" not in log
+
+
+async def test_a_handoff_looks_each_moving_session_up_once():
+    # In process, the other member faked: hand_off takes what it sizes from
+    # its sessions() pass and looks a session up again only when it sends it
+    # (after awaits); it used to look each up twice before that.
+    from cluster.runtime import Cluster
+    from conftest import make_config
+    from node.server import Server
+
+    config = make_config(name="a", gossip_port=0)
+    server = Server(config)
+    cluster = Cluster(config, server.node, server.clock)
+    store, now = server.node.store, server.clock()
+    ring = Ring(["a", "b"])
+    sids = [b"s%d" % i for i in range(200)]
+    for sid in sids:
+        server.node.execute(Cmd.CREATE, [sid, b"", b"x"], now)
+    moving = [sid for sid in sids if ring.owner(sid) == "b"]
+    sent = []
+
+    async def call(name, cmd, args, timeout, inner=None, alone=False):
+        assert (name, cmd) == ("b", Cmd.HANDOFF)
+        sent.extend(state[0] for state in args[0])
+        return len(args[0])
+
+    looked_up = []
+    get = store.get
+
+    def counting_get(sid, now, touch=True):
+        looked_up.append(sid)
+        return get(sid, now, touch)
+
+    cluster.call = call
+    store.get = counting_get
+    assert await cluster.hand_off(ring) == len(moving) > 0
+    assert sorted(sent) == sorted(moving) and sorted(looked_up) == sorted(moving)
+    assert len(store) == len(sids) - len(moving)
