@@ -232,13 +232,11 @@ class Backoff:
         return delay
 
 
-def join_deadlines(now: float, seeded: bool) -> tuple[float, float] | None:
-    """For a member starting at ``now``: when it says none of its seeds
-    answers yet, and when it stops waiting to join and serves alone (a
-    farm's first member may list seeds not up yet). None without seeds: it
-    serves at once."""
-    if not seeded:
-        return None
+def join_deadlines(now: float) -> tuple[float, float]:
+    """For a member with seeds starting at ``now``: when it says none of its
+    seeds answers yet, and when it stops waiting to join and serves alone (a
+    farm's first member may list seeds not up yet). (Without seeds it has
+    joined at once: nothing to wait for.)"""
     return now + SEED_WARNING, now + JOIN_GRACE
 
 

@@ -148,7 +148,8 @@ class Cluster:
                 nursery.start_soon(self._timers)
                 nursery.start_soon(self._serve_streams)
                 nursery.start_soon(self._handoff_loop)
-                nursery.start_soon(self._watch_join, [f"{h}:{p}" for h, p in seeds])
+                if seeds:  # (without, join() has joined: _after makes us ready)
+                    nursery.start_soon(self._watch_join, [f"{h}:{p}" for h, p in seeds])
                 self._after()
                 task_status.started()
         finally:
@@ -162,15 +163,13 @@ class Cluster:
         """Ready once joined; warns if no seed answers; serves alone after
         a while (``handoff.join_deadlines``: a farm's first node may list seeds
         not up yet)."""
-        deadlines = handoff.join_deadlines(trio.current_time(), bool(seeds))
-        if deadlines is not None:
-            warn_at, alone_at = deadlines
-            with trio.move_on_at(warn_at):
-                await self._ready_event.wait()
-            if not self._ready_event.is_set():
-                log.warning("none of the seeds %s answers yet; still trying (a farm's first node needs no seeds)", ", ".join(seeds))
-            with trio.move_on_at(alone_at):
-                await self._ready_event.wait()
+        warn_at, alone_at = handoff.join_deadlines(trio.current_time())
+        with trio.move_on_at(warn_at):
+            await self._ready_event.wait()
+        if not self._ready_event.is_set():
+            log.warning("none of the seeds %s answers yet; still trying (a farm's first node needs no seeds)", ", ".join(seeds))
+        with trio.move_on_at(alone_at):
+            await self._ready_event.wait()
         self._become_ready()
         if self.membership.joined:
             log.info("joined the farm: %d members", len(self.membership.live_names()))

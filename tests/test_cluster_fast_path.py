@@ -5,6 +5,8 @@ jumped past ``TAKE_WINDOW``)."""
 
 from __future__ import annotations
 
+import logging
+
 import trio
 
 from cluster import handoff
@@ -73,3 +75,18 @@ async def test_an_empty_first_member_takes_nothing_over_when_a_second_joins_it(m
         mine = b.ring.partitions_of("b")
         assert mine and b._takeovers.previous == {p: "a" for p in mine}
         farm.cancel_scope.cancel()
+
+
+async def test_only_a_member_with_seeds_waits_to_join(mock_clock, caplog):
+    # Without seeds a member has joined (a farm of its own) and is ready as it
+    # starts: nothing to wait for, no "joined the farm" (it logged one, of 1 member).
+    mock_clock.rate = 1.0
+    caplog.set_level(logging.INFO, logger="msession.cluster")
+    async with trio.open_nursery() as farm:
+        a = await start_member(farm, "a")
+        assert a._ready_event.is_set() and a.membership.joined
+        b = await start_member(farm, "b", seeds=[f"127.0.0.1:{a.gossip_port}"])
+        await wait_until(lambda: "joined the farm: 2 members" in caplog.text, 10)  # b did
+        assert b._ready_event.is_set()
+        farm.cancel_scope.cancel()
+    assert [r.getMessage() for r in caplog.records if "joined the farm" in r.getMessage()] == ["joined the farm: 2 members"]

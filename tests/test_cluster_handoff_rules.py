@@ -207,10 +207,9 @@ def test_a_batch_goes_in_one_request_and_a_lone_big_session_in_parts():
 
 
 def test_a_member_with_seeds_warns_then_serves_alone():
-    warn_at, alone_at = handoff.join_deadlines(50.0, seeded=True)
+    warn_at, alone_at = handoff.join_deadlines(50.0)
     assert (warn_at, alone_at) == (50.0 + handoff.SEED_WARNING, 50.0 + handoff.JOIN_GRACE)
     assert 50.0 < warn_at < alone_at
-    assert handoff.join_deadlines(50.0, seeded=False) is None
 
 
 def test_a_leave_waits_for_its_announcement_at_most_so_long():
