@@ -167,7 +167,7 @@ class Server:
         self.config = config
         self.clock = clock
         self.node = Node(config, clock)
-        self.cluster = None  # set by main_async in a farm: cluster.runtime.Cluster
+        self.cluster = None  # set by open_node in a farm: cluster.runtime.Cluster
         self._nursery: trio.Nursery | None = None
         self.counters = Counters()
         self.connections = 0
@@ -565,24 +565,41 @@ async def main_async(config: Config) -> None:
         raise exit_ from None
 
 
-async def _main(config: Config) -> None:
+async def open_node(config: Config) -> Server:
+    """A node as ``msession serve`` runs one, its ports bound: it listens and,
+    in a farm (``gossip_port`` >= 0), binds the gossip port
+    (``server.cluster``). Outside any nursery, so a busy port is one clear
+    line; then ``start_node``."""
     server = Server(config)
-    await server.listen()  # outside the nursery, so a busy port is one clear line
-    cluster = None
+    await server.listen()
     if config.gossip_port >= 0:
         from cluster.runtime import Cluster
 
         cluster = Cluster(config, server.node, server.clock)
         await cluster.open(server.ports[0])
         server.cluster = cluster
+    return server
+
+
+async def start_node(nursery: trio.Nursery, server: Server) -> list[tuple[str, int]]:
+    """Starts an ``open_node`` node in ``nursery``: gossip first, then serving.
+    Its listening addresses."""
+    cluster = server.cluster
+    if cluster is not None:
+        await nursery.start(cluster.run)
+        log.info("gossip on %s:%d as %s", cluster.host, cluster.gossip_port, cluster.name)
+    ports = await nursery.start(server.run)
+    for host, port in ports:
+        log.info("msession listening on %s:%d", host, port)
+    return ports
+
+
+async def _main(config: Config) -> None:
+    server = await open_node(config)
+    cluster = server.cluster
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            if cluster is not None:
-                await nursery.start(cluster.run)
-                log.info("gossip on %s:%d as %s", cluster.host, cluster.gossip_port, cluster.name)
-            ports = await nursery.start(server.run)
-            for host, port in ports:
-                log.info("msession listening on %s:%d", host, port)
+            await start_node(nursery, server)
             async for signum in signals:
                 log.info("received %s: shutting down", signal.Signals(signum).name)
                 if cluster is not None:

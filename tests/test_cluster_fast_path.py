@@ -12,22 +12,16 @@ import trio
 from cluster import handoff
 from cluster.runtime import Cluster
 from conftest import make_config
-from node.server import Server
+from node.server import open_node, start_node
 from procs import wait_until
 from protocol.client import AsyncClient
 
 
 async def start_member(nursery: trio.Nursery, name: str, seeds: list[str] = ()) -> Cluster:
-    """A farm member as ``msession serve`` runs one (node.server._main), in ``nursery``."""
-    config = make_config(name=name, gossip_port=0, seeds=list(seeds))
-    server = Server(config)
-    await server.listen()
-    cluster = Cluster(config, server.node, server.clock)
-    await cluster.open(server.ports[0])
-    server.cluster = cluster
-    await nursery.start(cluster.run)
-    await nursery.start(server.run)
-    return cluster
+    """A farm member as ``msession serve`` runs one (node.server's wiring), in ``nursery``."""
+    server = await open_node(make_config(name=name, gossip_port=0, seeds=list(seeds)))
+    await start_node(nursery, server)
+    return server.cluster
 
 
 async def test_a_member_left_alone_takes_the_fast_path_once_the_take_window_closes(mock_clock):
