@@ -49,19 +49,17 @@ class Takeovers:
         self.previous: dict[int, str] = {}
         self.until = -math.inf  # the window's last instant
 
-    def ring_changed(self, old: Ring, new: Ring, me: str, now: float) -> None:
-        """Records the partitions ``new`` gives us that ``old`` gave to others."""
+    def ring_changed(self, old: Ring, new: Ring, me: str, holding: bool, now: float) -> None:
+        """Records the partitions ``new`` gives us that ``old`` gave to others.
+
+        A member whose old ring was itself alone and that holds no session has
+        just joined: what it now owns was the others', by the ring without it."""
+        if set(old.members) <= {me} and not holding:
+            old = ring_for(set(new.members) - {me})
         for p, (was, owner) in enumerate(zip(old.owners, new.owners)):
             if owner == me and was is not None and was != me:
                 self.previous[p] = was
         self.until = now + TAKE_WINDOW
-
-    def joined(self, ring: Ring, me: str, now: float) -> None:
-        """We have just joined a farm (the membership core's join went
-        through; not a farm's first member, nor one that gave up waiting for
-        its seeds and served alone): what ``ring`` gives us was the others',
-        by the ring without us, whatever our ring was before."""
-        self.ring_changed(ring_for(set(ring.members) - {me}), ring, me, now)
 
     def active(self, now: float) -> bool:
         """Whether any partition may still have sessions on their way here."""

@@ -244,10 +244,7 @@ class Cluster:
             raise SystemExit(f"msession: {m.conflict}")
         if changed:
             self._update_ring()
-        if m.joined and not self._ready_event.is_set():
-            # Our join just went through (before we served alone): we joined a
-            # farm that was there before us (a seedless start joins no one).
-            self._takeovers.joined(self.ring, self.name, trio.current_time())
+        if m.joined:
             self._become_ready()  # (after the ring: the fast path is decided on the farm's)
         self._wake.set()
 
@@ -294,7 +291,7 @@ class Cluster:
             return
         old, new = self.ring, ring_for(live)
         self.ring = new
-        self._takeovers.ring_changed(old, new, self.name, trio.current_time())
+        self._takeovers.ring_changed(old, new, self.name, bool(len(self.node.store)), trio.current_time())
         self._refresh_fast_path()
         log.info("ring %s: %d members", new.id, len(new))
         self._handoff_due.set()

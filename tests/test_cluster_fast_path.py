@@ -17,9 +17,9 @@ from procs import wait_until
 from protocol.client import AsyncClient
 
 
-async def start_member(nursery: trio.Nursery, name: str, seeds: list[str] = ()) -> Cluster:
+async def start_member(nursery: trio.Nursery, name: str, seeds: list[str] = (), gossip_port: int = 0) -> Cluster:
     """A farm member as ``msession serve`` runs one (node.server's wiring), in ``nursery``."""
-    server = await open_node(make_config(name=name, gossip_port=0, seeds=list(seeds)))
+    server = await open_node(make_config(name=name, gossip_port=gossip_port, seeds=list(seeds)))
     await start_node(nursery, server)
     return server.cluster
 
@@ -55,19 +55,25 @@ async def test_a_member_left_alone_takes_the_fast_path_once_the_take_window_clos
         farm.cancel_scope.cancel()
 
 
-async def test_an_empty_first_member_takes_nothing_over_when_a_second_joins_it(mock_clock):
-    # It holds no session, as a farm's first member often does: still, it
-    # owned everything before b came, so it has nobody to ask (TAKE) for
-    # what it lacks. b, which joined through it, asks a.
+async def test_a_seedless_member_restarting_into_a_running_farm_asks_the_others_first(mock_clock):
+    # A farm's first member (no seeds, as `msession farm` starts node 1) crashes
+    # and restarts: it starts alone, then b's probes find it and it learns the
+    # farm from b. It is the newcomer: what it now owns was b's, so for
+    # TAKE_WINDOW it asks b first for a session it lacks. (When "we just joined" came only from the core's
+    # join going through, a seedless member never had one and asked nobody.)
     mock_clock.rate = 1.0
     async with trio.open_nursery() as farm:
-        a = await start_member(farm, "a")
-        await wait_until(lambda: a._solo, 5)
-        b = await start_member(farm, "b", seeds=[f"127.0.0.1:{a.gossip_port}"])
-        await wait_until(lambda: len(a.ring) == 2 and len(b.ring) == 2, 10)
-        assert len(a.node.store) == 0 and not a._takeovers.previous
-        mine = b.ring.partitions_of("b")
-        assert mine and b._takeovers.previous == {p: "a" for p in mine}
+        async with trio.open_nursery() as a_scope:
+            a = await start_member(a_scope, "a")
+            await wait_until(lambda: a._solo, 5)
+            b = await start_member(farm, "b", seeds=[f"127.0.0.1:{a.gossip_port}"])
+            await wait_until(lambda: len(a.ring) == 2 and len(b.ring) == 2, 10)
+            port = a.gossip_port
+            a_scope.cancel_scope.cancel()  # a crashes: no leave
+        a = await start_member(farm, "a", gossip_port=port)  # no seeds
+        await wait_until(lambda: len(a.ring) == 2, 15)
+        mine = a.ring.partitions_of("a")
+        assert mine and a._takeovers.previous == {p: "b" for p in mine}
         farm.cancel_scope.cancel()
 
 

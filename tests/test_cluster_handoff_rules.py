@@ -16,7 +16,7 @@ OLD, NEW = Ring(["a", "b"]), Ring(["a", "b", "c"])
 
 def taken_over(now: float = 100.0) -> handoff.Takeovers:
     t = handoff.Takeovers()
-    t.ring_changed(OLD, NEW, "c", now=now)
+    t.ring_changed(OLD, NEW, "c", holding=True, now=now)
     return t
 
 
@@ -42,7 +42,7 @@ def never(sid: bytes) -> bool:
 def test_takeovers_name_the_previous_owner_for_the_window():
     t = handoff.Takeovers()
     assert not t.active(0.0)
-    t.ring_changed(OLD, NEW, "c", now=100.0)
+    t.ring_changed(OLD, NEW, "c", holding=True, now=100.0)
     expected = {p: OLD.owners[p] for p in range(PARTITIONS) if NEW.owners[p] == "c" and OLD.owners[p] != "c"}
     assert expected and set(expected.values()) == {"a", "b"}
     assert {p: t.previous_owner(p, 100.0) for p in range(PARTITIONS) if t.previous_owner(p, 100.0)} == expected
@@ -54,12 +54,12 @@ def test_takeovers_name_the_previous_owner_for_the_window():
 def test_takeovers_tell_when_their_window_closes():
     t = handoff.Takeovers()
     assert t.closes_at() == math.inf  # nothing taken over: no wake-up
-    t.ring_changed(OLD, NEW, "c", now=100.0)
+    t.ring_changed(OLD, NEW, "c", holding=True, now=100.0)
     closes = t.closes_at()
     assert 100.0 + handoff.TAKE_WINDOW < closes < 100.0 + handoff.TAKE_WINDOW + 1e-9
     assert t.active(math.nextafter(closes, 0.0)) and not t.active(closes)
     assert t.closes_at() == math.inf  # seen closed
-    t.ring_changed(NEW, NEW, "c", now=200.0)  # nothing gained: still none
+    t.ring_changed(NEW, NEW, "c", holding=True, now=200.0)  # nothing gained: still none
     assert t.closes_at() == math.inf
 
 
@@ -75,21 +75,13 @@ def test_the_fast_path_needs_readiness_a_ring_of_us_alone_and_no_takeover():
 
 def test_a_member_that_just_joined_takes_over_from_the_others():
     t = handoff.Takeovers()
-    t.ring_changed(Ring(["c"]), Ring(["a", "c"]), "c", now=0.0)  # (gossip taught c of a before its join went through)
-    t.joined(NEW, "c", now=0.0)
+    t.ring_changed(Ring(["c"]), NEW, "c", holding=False, now=0.0)
     mine = NEW.partitions_of("c")
     assert mine and {p: t.previous_owner(p, 1.0) for p in mine} == {p: OLD.owners[p] for p in mine}
-
-
-def test_the_farms_first_member_takes_nothing_over_when_others_come():
-    # Empty or not (it used to guess "just joined" from an empty store).
+    # The farm's first member, holding sessions, took nothing over when others came.
     first = handoff.Takeovers()
-    first.ring_changed(Ring(["a"]), Ring(["a", "b"]), "a", now=0.0)
-    first.ring_changed(Ring(["a", "b"]), NEW, "a", now=1.0)
-    assert not first.active(1.0) and first.closes_at() == math.inf
-    # and joining alone (a seedless start) takes nothing from anyone
-    first.joined(Ring(["a"]), "a", now=2.0)
-    assert not first.active(2.0)
+    first.ring_changed(Ring(["a"]), NEW, "a", holding=True, now=0.0)
+    assert not first.active(1.0)
 
 
 def test_a_session_we_lack_in_a_partition_taken_over_is_asked_for_first():
