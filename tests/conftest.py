@@ -58,8 +58,7 @@ def farms():
         yield make
     finally:
         for f in made:
-            for node in f.nodes:
-                node.stop(signal.SIGKILL)
+            f.stop(signal.SIGKILL)
 
 
 def make_config(**overrides) -> Config:

@@ -130,6 +130,6 @@ class Farm:
         if missing is not None:
             raise AssertionError(f"farm did not converge in {timeout} s: {missing}")
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         for node in self.nodes:
-            node.stop()
+            node.stop(sig)
