@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from protocol.client import Client, MsessionError
+from protocol.client import Client, MsessionError, as_text
 from protocol.constants import DEFAULT_PORT
 
 from . import config as config_mod
@@ -173,18 +173,6 @@ def _plain(value: Any) -> bytes:
     return str(value).encode() + b"\n"
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {_jsonable(k): _jsonable(v) for k, v in value.items()}
-    return value
-
-
 def serve_overrides(ns: argparse.Namespace) -> dict[str, Any]:
     """The config options ``serve``'s flags set (None: not given)."""
     seeds = None
@@ -335,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"msession {command}: {exc}", file=sys.stderr)
         return 2
     if ns.json:
-        print(json.dumps(_jsonable(result)))
+        print(json.dumps(as_text(result)))
     else:
         sys.stdout.buffer.write(_plain(result))
         sys.stdout.flush()

@@ -125,14 +125,17 @@ def _map(v):
     return {_s(k): val for k, val in v.items()}
 
 
-def _jsonish(v):
-    """Status maps: names and strings as str, recursively."""
+def as_text(v: Any) -> Any:
+    """``v`` with every byte string (and str) made printable text, recursively
+    through lists and maps (invalid UTF-8 replaced): status maps, JSON output."""
     if isinstance(v, bytes):
         return v.decode("utf-8", "replace")
+    if isinstance(v, str):
+        return v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if isinstance(v, list):
-        return [_jsonish(x) for x in v]
+        return [as_text(x) for x in v]
     if isinstance(v, dict):
-        return {_jsonish(k): _jsonish(x) for k, x in v.items()}
+        return {as_text(k): as_text(x) for k, x in v.items()}
     return v
 
 
@@ -158,7 +161,7 @@ class _Commands:
 
     def status(self):
         """The farm as the asked node sees it: members, their states and the ring."""
-        return self._call(Cmd.STATUS, [], _jsonish)
+        return self._call(Cmd.STATUS, [], as_text)
 
     def create(self, session, classname=None, data=None):
         args = [_b(session)]
