@@ -12,11 +12,21 @@ lease runs out. ``release`` with a wrong key fails and keeps the lock.
 
 Every grant returns the ``Waiter`` objects that became holders, so the I/O
 layer can wake exactly those; nothing here blocks or sleeps.
+
+In a farm a lock moves with its session (docs/cluster.md). ``give_up`` takes
+a lock out of the table as a wire value ``[key, lease_ms left]`` and returns
+its waiters, marked ``moved`` (the I/O layer sends them to the new owner);
+``adopt`` installs such a lock on the new owner, where its holder's key still
+unlocks it. A state can arrive twice (a TAKE and a HANDOFF in flight, a
+retried TAKE): a lock adopted here and since ended (released, expired, passed
+on or given up) keeps its key in ``_ended`` for ``ENDED_KEEP`` seconds, and a
+late copy of it is refused rather than locking the session again.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import struct
 from collections import deque
@@ -25,23 +35,26 @@ from typing import Any
 from .store import StoreError
 
 MAX_KEY = 2**53 - 1
+ENDED_KEEP = 120.0  # seconds an adopted lock's key is remembered after it ended (> HANDOFF_TIMEOUT + GIVEN_KEEP)
 
 
 class Waiter:
-    __slots__ = ("lease", "key", "handle")
+    __slots__ = ("lease", "key", "handle", "moved")
 
     def __init__(self, lease: float, handle: Any = None):
         self.lease = lease
         self.key = 0  # set when granted
         self.handle = handle  # for the I/O layer (e.g. a trio.Event)
+        self.moved = False  # the lock moved to another member with its session: ask there
 
 
 class _Lock:
-    __slots__ = ("key", "deadline", "waiters", "entry")
+    __slots__ = ("key", "deadline", "waiters", "entry", "adopted")
 
     def __init__(self, key: int, deadline: float):
         self.key = key
         self.deadline = deadline
+        self.adopted = False  # its key came from another member (``adopt``)
         self.waiters: deque[Waiter] = deque()
         # This lock's live entry in the lease heap (None while it has none):
         # its deadline is never later than ``deadline``. Other entries naming
@@ -71,6 +84,7 @@ class LockTable:
     def __init__(self):
         self._locks: dict[bytes, _Lock] = {}
         self._leases: list[tuple[float, bytes, int]] = []  # (deadline, sid, key), lazy
+        self._ended: dict[int, float] = {}  # key of an adopted lock that ended here => when (oldest first)
         self.lease_expiries = 0
 
     def __len__(self) -> int:
@@ -138,6 +152,58 @@ class LockTable:
                 heapq.heappush(leases, entry)
         return granted
 
+    def give_up(self, sid: bytes, now: float) -> tuple[list[int] | None, list[Waiter]]:
+        """Takes ``sid``'s lock out of the table, as it moves to another member
+        with its session: ``([key, lease_ms left], waiters)``, the waiters
+        marked ``moved``; ``(None, [])`` if it is free. Call ``expire`` first:
+        a lease that ran out is not given (it passes on here)."""
+        lock = self._locks.pop(sid, None)
+        if lock is None:
+            return None, []
+        entry = lock.entry
+        if entry is not None and self._leases and self._leases[-1] is entry:
+            self._leases.pop()
+        elif len(self._leases) > 2 * len(self._locks) + _COMPACT_SLACK:
+            self._compact()
+        if lock.adopted:
+            self._end(lock.key, now)
+        waiters = list(lock.waiters)
+        for waiter in waiters:
+            waiter.moved = True
+        return [lock.key, max(1, math.ceil((lock.deadline - now) * 1000))], waiters
+
+    def adopt(self, sid: bytes, key: int, lease_ms: int, now: float, returned: bool = False) -> bool:
+        """Installs a lock given up by another member (``give_up``): held by
+        ``key`` for ``lease_ms`` more. False if the lock here is held by
+        another key, or ``key`` is one that was adopted here and has ended
+        since (a late copy). The same key twice is no change. ``returned``:
+        a lock we gave up ourselves, back because its handoff failed."""
+        held = self._locks.get(sid)
+        if held is not None:
+            return held.key == key
+        ended = self._ended
+        if returned:
+            ended.pop(key, None)
+        elif key in ended:
+            if now - ended[key] < ENDED_KEEP:
+                return False
+            del ended[key]
+        self._locks[sid] = lock = _Lock(key, now + lease_ms / 1000.0)
+        lock.adopted = True
+        lock.entry = entry = (lock.deadline, sid, key)
+        heapq.heappush(self._leases, entry)
+        return True
+
+    def _end(self, key: int, now: float) -> None:
+        """Remembers the key of an adopted lock that ended here (``adopt``)."""
+        ended = self._ended
+        while ended:
+            first = next(iter(ended))
+            if now - ended[first] < ENDED_KEEP:
+                break
+            del ended[first]
+        ended[key] = now
+
     def _compact(self) -> None:
         """Rebuilds the lease heap from the live locks' entries only, in place
         (``expire`` may be walking it: it pops and pushes the same list)."""
@@ -160,6 +226,9 @@ class LockTable:
         """
         leases = self._leases
         entry = lock.entry
+        if lock.adopted:  # (rare: only a lock that came with its session)
+            lock.adopted = False
+            self._end(lock.key, now)
         if not lock.waiters:
             del self._locks[sid]
             if entry is not None and leases[-1] is entry:

@@ -325,3 +325,96 @@ def test_the_clients_rule_of_an_slock_that_may_wait_is_the_nodes(wait):
     may = lock_may_wait(Cmd.SLOCK, args)
     assert may == waits or (may and wait in (300_001, 2**63)), (wait, may, waits)
     assert lock_wait(Cmd.SLOCK, args) >= 0
+
+
+# -- a lock moving with its session (give_up on the old owner, adopt on the new)
+
+
+def test_a_lock_given_up_leaves_with_its_key_and_lease_left_and_its_waiters_marked_moved():
+    t, key, waiters = held(30, 10, 10)
+    wire, moved = t.give_up(b"s", 12.5)
+    assert wire == [key, 17500]
+    assert moved == waiters and all(w.moved and not w.key for w in waiters)
+    assert t.holder(b"s") == 0 and len(t) == 0 and t.waiting() == 0
+    assert t.give_up(b"s", 13.0) == (None, [])
+    assert t.expire(100.0) == []  # its lease entry is gone with it: nothing to end, nothing granted
+    assert t.try_acquire(b"s", 13.0, 30)  # free here now
+
+
+def test_an_adopted_lock_is_held_by_the_same_key_for_the_lease_left():
+    old = LockTable()
+    key = old.try_acquire(b"s", 0.0, 30)
+    wire, _ = old.give_up(b"s", 10.0)
+    new = LockTable()
+    assert new.adopt(b"s", *wire, now=500.0)
+    assert new.holder(b"s") == key and new.try_acquire(b"s", 500.0, 30) == 0
+    assert new.adopt(b"s", *wire, now=501.0)  # the same lock again: no change
+    assert new.next_deadline() == 520.0
+    assert new.expire(519.9) == [] and new.holder(b"s") == key
+    assert new.expire(520.0) == [] and new.holder(b"s") == 0  # the lease it had left, from arrival
+
+
+def test_the_holder_unlocks_an_adopted_lock_and_its_waiters_get_it_in_order():
+    t = LockTable()
+    assert t.adopt(b"s", 1234, 30000, now=0.0)
+    waiters = [Waiter(5), Waiter(5)]
+    for w in waiters:
+        t.enqueue(b"s", w)
+    with pytest.raises(StoreError):
+        t.release(b"s", 999, 1.0)
+    assert t.release(b"s", 1234, 1.0) == [waiters[0]]
+    assert t.holder(b"s") == waiters[0].key != 1234
+
+
+def test_a_lock_held_here_by_another_key_is_kept():
+    t = LockTable()
+    mine = t.try_acquire(b"s", 0.0, 30)
+    assert not t.adopt(b"s", mine + 1 if mine < MAX_KEY else 1, 30000, now=1.0)
+    assert t.holder(b"s") == mine
+
+
+@pytest.mark.parametrize("end", ["release", "expire", "pass_on", "give_up"])
+def test_a_late_copy_of_an_adopted_lock_that_ended_does_not_lock_again(end):
+    t = LockTable()
+    assert t.adopt(b"s", 77, 30000, now=0.0)
+    if end == "release":
+        t.release(b"s", 77, 1.0)
+    elif end == "expire":
+        t.expire(30.0)
+    elif end == "pass_on":
+        w = Waiter(5)
+        t.enqueue(b"s", w)
+        t.release(b"s", 77, 1.0)
+        t.release(b"s", w.key, 2.0)
+    else:
+        t.give_up(b"s", 1.0)
+    assert not t.adopt(b"s", 77, 30000, now=40.0)  # (a TAKE's copy and the HANDOFF's, say)
+    assert t.holder(b"s") == 0
+    assert t.adopt(b"s", 77, 30000, now=40.0 + node.locks.ENDED_KEEP)  # forgotten after ENDED_KEEP
+
+
+def test_a_lock_made_here_may_come_back_after_it_was_given_up():
+    t = LockTable()
+    key = t.try_acquire(b"s", 0.0, 30)
+    wire, _ = t.give_up(b"s", 1.0)
+    assert t.adopt(b"s", *wire, now=2.0)  # (the session came back: a member joined, then left)
+    assert t.holder(b"s") == key
+
+
+def test_ended_keys_are_forgotten_oldest_first():
+    t = LockTable()
+    for i in range(1, 101):
+        t.adopt(b"s%d" % i, i, 1000, now=float(i))
+        t.release(b"s%d" % i, i, float(i))
+    t.adopt(b"x", 1000, 1000, now=100.0 + node.locks.ENDED_KEEP)
+    t.release(b"x", 1000, 100.0 + node.locks.ENDED_KEEP)
+    assert len(t._ended) == 1
+
+
+def test_an_adopted_lock_given_up_comes_back_when_its_handoff_failed():
+    t = LockTable()
+    assert t.adopt(b"s", 77, 30000, now=0.0)
+    wire, _ = t.give_up(b"s", 1.0)
+    assert not t.adopt(b"s", *wire, now=2.0)  # a late copy: refused
+    assert t.adopt(b"s", *wire, now=2.0, returned=True)  # our own, back: held again
+    assert t.holder(b"s") == 77
