@@ -188,8 +188,9 @@ def handoff_requests(states: list[list], budget: int) -> list[list[list]]:
 
 
 def split(state: list, budget: int) -> list[list]:
-    """A session's state as parts of about ``budget`` bytes at most."""
-    sid, classname, data, data_version, variables, ctime, atime, timeout = state
+    """A session's state as parts of about ``budget`` bytes at most (the
+    state's optional ninth element, its lock, on the last one)."""
+    sid, classname, data, data_version, variables, ctime, atime, timeout, *lock = state
     parts, chunk, size = [], [], len(data)
     for var in variables:
         cost = _var_cost(var[0], var[1])
@@ -199,10 +200,12 @@ def split(state: list, budget: int) -> list[list]:
         chunk.append(var)
         size += cost
     parts.append(chunk)
-    return [
+    out = [
         [sid, classname, data if i == 0 else b"", data_version if i == 0 else 0, chunk, ctime, atime, timeout]
         for i, chunk in enumerate(parts)
     ]
+    out[-1] += lock  # a lock (``[key, lease_ms]``) goes with the last part: once the rest is there
+    return out
 
 
 def fast_path(ready: bool, ring: Ring, me: str, taking_over: bool) -> bool:

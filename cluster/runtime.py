@@ -563,7 +563,7 @@ class Cluster:
             if not state:
                 return False
             try:
-                self.node.store.merge_in(state, self.clock())
+                self._merge(state, self.clock())
             except ValueError:
                 self._log.info("%s gave a malformed session state", name)
                 return False
@@ -591,11 +591,34 @@ class Cluster:
             # Ours under our view: the asker's view is ahead of ours. Not ours
             # to give yet, and not its to serve: it answers BUSY and retries.
             raise CommandError("BUSY", f"member {self.name} still owns the session in its view")
-        state = self.node.store.export(s)
-        self.node.store.take(sid)
+        state = self._export_moving(s)
         self.counters["sessions_handed_off"] += 1
         self._given.add(sid, state, trio.current_time())
         return state
+
+    def _export_moving(self, s) -> list:
+        """The state of a session leaving for another member, removed from
+        here with its lock (never two holders): the store's state, plus
+        ``[key, lease_ms left]`` when it is locked (``Node.give_up_lock``,
+        which sends its waiters after it)."""
+        state = self.node.store.export(s)
+        self.node.store.take(s.sid)
+        lock = self.node.give_up_lock(s.sid)
+        if lock is not None:
+            state.append(lock)
+        return state
+
+    def _merge(self, state: Any, now: float, returned: bool = False) -> bool:
+        """Merges a session state from another member (``returned``: ours,
+        back from a handoff that failed), and installs the lock that came
+        with it (``Node.adopt_lock``). ValueError if malformed (nothing merged)."""
+        if type(state) is not list or len(state) not in (8, 9):
+            raise ValueError("malformed session state")
+        lock = self.node.check_lock(state[8]) if len(state) == 9 else None
+        merged = self.node.store.merge_in(state[:8], now)
+        if lock is not None:
+            self.node.adopt_lock(state[0], state[8], returned)  # a lock is the id's, whatever became of the record
+        return merged
 
     async def _receive_handoff(self, args: Any) -> Any:
         if type(args) is not list or len(args) != 1 or type(args[0]) is not list:
@@ -605,7 +628,7 @@ class Cluster:
         now, merged, foreign = self.clock(), 0, False
         for state in args[0]:
             try:
-                if self.node.store.merge_in(state, now):
+                if self._merge(state, now):
                     merged += 1
                     foreign = foreign or self.ring.owner(state[0]) != self.name
             except ValueError:
@@ -638,9 +661,8 @@ class Cluster:
                 states = []
                 for sid in batch:
                     s = store.get(sid, self.clock(), touch=False)
-                    if s is not None:  # a lock stays behind (docs/cluster.md)
-                        states.append(store.export(s))
-                        store.take(sid)  # gone from here before it exists there: never two holders
+                    if s is not None:
+                        states.append(self._export_moving(s))  # gone from here before it exists there
                         self._moving[sid] = states[-1]  # but a TAKE meanwhile still finds it
                 if not states:
                     continue
@@ -654,7 +676,7 @@ class Cluster:
                     self._log.info("handing %d sessions to %s failed (kept here): %s", len(states), owner, exc.message)
                     for state in states:
                         if self._moving.get(state[0]) is state:  # not TAKEn meanwhile
-                            store.merge_in(state, self.clock())
+                            self._merge(state, self.clock(), returned=True)
                     self._handoff_due.set()  # again, with the view of then
                     break
                 finally:

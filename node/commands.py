@@ -19,7 +19,7 @@ from protocol.constants import PROTOCOL_VERSION, Cmd, Ctl, Err
 
 from . import store as st
 from .config import Config
-from .locks import LockTable, Waiter
+from .locks import MAX_KEY, LockTable, Waiter
 from .plugins import PluginManager
 
 SERVER_NAME = "msession"
@@ -478,6 +478,36 @@ class Node:
         return result
 
     # -- time ----------------------------------------------------------------
+
+    def give_up_lock(self, sid: bytes) -> list[int] | None:
+        """``sid``'s lock, taken out as the session moves to another member
+        (``LockTable.give_up``): ``[key, lease_ms left]`` or None. Its
+        waiters are woken, marked ``moved``: the server sends them on."""
+        mono = self.lock_clock()
+        self.wake(self.locks.expire(mono))  # a lease that ran out passes on here, not there
+        wire, waiters = self.locks.give_up(sid, mono)
+        for waiter in waiters:
+            if waiter.handle is not None:
+                waiter.handle()
+        return wire
+
+    def adopt_lock(self, sid: bytes, wire: Any, returned: bool = False) -> bool:
+        """Installs a lock that came with its session (``LockTable.adopt``).
+        Raises ValueError if ``wire`` is not ``[key, lease_ms]`` in range."""
+        key, lease_ms = self.check_lock(wire)
+        adopted = self.locks.adopt(sid, key, lease_ms, self.lock_clock(), returned)
+        self._watch_leases()
+        return adopted
+
+    def check_lock(self, wire: Any) -> tuple[int, int]:
+        """``[key, lease_ms]`` of a moving lock, checked; ValueError if malformed."""
+        if type(wire) is not list or len(wire) != 2:
+            raise ValueError("malformed lock")
+        key, lease_ms = wire
+        if type(key) is not int or not 1 <= key <= MAX_KEY or type(lease_ms) is not int \
+                or not 1 <= lease_ms <= self._max_lease_ms:
+            raise ValueError("malformed lock")
+        return key, lease_ms
 
     def unlock_abandoned(self, sid: bytes, key: int) -> None:
         """Hands on a lock granted to a client that will never hear of it."""

@@ -149,6 +149,16 @@ _wait_readable = trio.lowlevel.wait_readable
 _FWD, _HELLO, _SLOCK = int(Cmd.FWD), int(Cmd.HELLO), int(Cmd.SLOCK)
 
 _LEFT = object()  # the client went away while its request ran elsewhere
+MAX_LOCK_MOVES = 3  # times a waiting SLOCK follows its lock to another member before it answers BUSY
+
+
+class _Moved:
+    """A waiting SLOCK's lock moved to another member with its session."""
+
+    __slots__ = ("wait_left",)
+
+    def __init__(self, wait_left: float):
+        self.wait_left = wait_left
 
 
 def _drain(out: list[bytes]) -> bytes:
@@ -328,10 +338,9 @@ class Server:
                 self._bad(conn, exc.message)
                 out.append(encoder.error(exc.request_id, exc.code, exc.message))
                 continue
-            received_cmd, step = cmd, None
+            received_cmd, step, hops = cmd, None, 0
             try:
                 if cluster is not None:
-                    hops = 0
                     if cmd == _FWD:
                         cmd, args, hops = parse_fwd(args)
                     step = cluster.route(cmd, args, hops)
@@ -356,7 +365,7 @@ class Server:
                         conn.send_lock = conn.send_lock or trio.Lock()
                 if type(result) is LockWait:
                     size = 0
-                    result = await self._wait_for_lock(conn, result, _drain(out))  # answers so far go first
+                    result = await self._lock(conn, result, _drain(out), args, hops)  # answers so far go first
                     if result is None:
                         return -1  # the client left while waiting
                 answer = ok(rid, result)
@@ -459,11 +468,35 @@ class Server:
         await trio.sleep_forever()
         return False  # pragma: no cover
 
+    async def _lock(self, conn: _Conn, lw: LockWait, flush: bytes, args: list, hops: int) -> Any:
+        """Waits for a queued lock (``_wait_for_lock``); if the lock moves to
+        another member with its session meanwhile, asks there for the wait
+        left, as a request routed afresh. The key, or None if the client left."""
+        for _ in range(MAX_LOCK_MOVES):
+            result = await self._wait_for_lock(conn, lw, flush)
+            if type(result) is not _Moved:
+                return result
+            flush = b""
+            args = [args[0], max(0, int(result.wait_left * 1000))] + args[2:3]
+            step = self.cluster.route(_SLOCK, args, hops) if self.cluster is not None else None
+            if step is not None:
+                result = await self._remote(conn, step, True, args)
+                if result is _LEFT:
+                    return None
+                if result is not RUN_LOCAL:
+                    return result
+            result = self.node.execute(_SLOCK, args, self.clock())
+            if type(result) is not LockWait:
+                return result
+            lw = result
+        raise CommandError("BUSY", "the session's lock kept moving between members while we waited: retry")
+
     async def _wait_for_lock(self, conn: _Conn, lw: LockWait, flush: bytes) -> Any:
         """Sends ``flush`` (earlier answers), then waits for a queued lock while
         watching the connection for EOF.
 
-        Returns the key, None if the client went away, or raises LOCKED. On
+        Returns the key, None if the client went away, ``_Moved`` if the lock
+        moved to another member with its session, or raises LOCKED. On
         every other way out the waiter leaves the queue, or hands on a lock
         granted to it meanwhile: a lock is never left to a client that will not
         hear of it.
@@ -485,6 +518,8 @@ class Server:
                     left = await self._watch_eof(conn)
             if left:
                 return None
+            if waiter.moved:
+                return _Moved(scope.deadline - trio.current_time())
             if not waiter.key:
                 raise CommandError("LOCKED", f"session still locked after waiting {lw.wait:g} s")
             delivered = True

@@ -1,7 +1,8 @@
 """Sessions moving between members: the cases a review found (real farms on loopback).
 
 - a session dropped at its new owner does not come back from an older copy;
-- a locked session moves too (its lock stays behind);
+- a locked session moves with its lock, and a locker waiting for it on the
+  old owner follows it to the new one;
 - sessions larger in total than a frame, and one session larger than a frame,
   move whole;
 - a request at the frame limit, or with a lock wait written as a string, goes
@@ -11,6 +12,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 
 import pytest
@@ -58,31 +61,99 @@ def test_a_dropped_session_does_not_come_back(farms):
         assert c1.ctl(sid) == 0 and c2.ctl(sid) == 0
 
 
-def test_a_locked_session_moves_without_its_lock(farms):
+def test_a_lock_arriving_with_its_session_is_held_once(farms):
+    farm = farms(2, prefix="lh")
+    n1, n2 = farm.nodes
+    sid, bad = (s.encode() for s in owned_by([n1.name, n2.name], n2.name, 2, "lh"))
+    now = time.time()
+    state = [sid, b"", b"", 1, [[b"k", b"v", 1]], now, now, 600, [4242, 60000]]
+    with Client(nodes=[n2.address]) as c:
+        assert c._call(Cmd.HANDOFF, [[state]], ident) == 1
+        with pytest.raises(MsessionError) as exc:
+            c.lock(sid, wait=0)
+        assert exc.value.code == "LOCKED"
+        assert c.unlock(sid, 4242) == 4242  # the key it was given elsewhere
+        # A late copy of the same state (a TAKE's answer and the HANDOFF both
+        # arriving) merges the data again but does not lock the session again.
+        c._call(Cmd.HANDOFF, [[state]], ident)
+        assert c.unlock(sid, c.lock(sid, wait=0))
+        for lock in ([0, 1000], [4242, 0], [4242], [b"k", 1000], [4242, 10**12], None):
+            with pytest.raises(MsessionError) as exc:
+                c._call(Cmd.HANDOFF, [[[bad, b"", b"", 1, [], now, now, 600, lock]]], ident)
+            assert exc.value.code == "BADARG", lock
+            assert c.ctl(bad) == 0  # nothing merged
+        assert c.get(sid, "k") == b"v"
+
+
+def test_a_locked_session_moves_with_its_lock_and_its_waiters_follow(farms):
     farm = farms(2, prefix="lk")
     before = [n.name for n in farm.nodes]
     after = Ring(before + ["lk3"])
     moving = owned_by(before + ["lk3"], "lk3", 5, "lk")
     staying = [f"stay-{i}" for i in range(200) if after.owner(f"stay-{i}".encode()) != "lk3"][:20]
     holders = {n.name: n for n in farm.nodes}
-    with Client(nodes=[farm.nodes[0].address]) as c:
+    first, second = farm.nodes
+    waited: dict = {}
+
+    def wait_for_lock() -> None:  # queued on the old owner before the move
+        with Client(nodes=[second.address], timeout=30) as cw:
+            t = time.monotonic()
+            try:
+                waited["key"] = cw.lock(moving[0], wait=20)
+            except MsessionError as exc:
+                waited["error"] = exc.code
+            waited["seconds"] = time.monotonic() - t
+
+    with Client(nodes=[first.address]) as c:
         for sid in moving + staying:
             c.create(sid)
             c.set(sid, "v", sid)
         key = c.lock(moving[0], wait=0, lease=60)
         assert key
-        joiner = farm.add(name="lk3")
-        farm.wait_converged()
-        # Handed off, not fetched on demand: nothing has asked for them yet.
-        wait_for(lambda: local_sessions(joiner) == len(moving), 10, "the locked session to move with the rest")
-        for name, node in holders.items():
-            assert local_sessions(node) == sum(after.owner(s.encode()) == name for s in staying)
-        for node in farm.nodes:
-            with Client(nodes=[node.address]) as cn:
-                assert [cn.get(s, "v") for s in moving + staying] == [s.encode() for s in moving + staying]
-        # The lock stayed behind: the new owner grants a new one at once.
-        with Client(nodes=[joiner.address]) as cj:
-            assert cj.lock(moving[0], wait=0)
+        waiter = threading.Thread(target=wait_for_lock)
+        waiter.start()
+        try:
+            wait_for(lambda: c.info()["lock_waiters"] + second_info(second)["lock_waiters"] == 1, 10,
+                     "the second locker to queue")
+            joiner = farm.add(name="lk3")
+            farm.wait_converged()
+            # Handed off, not fetched on demand: nothing has asked for them yet.
+            wait_for(lambda: local_sessions(joiner) == len(moving), 10, "the locked session to move with the rest")
+            for name, node in holders.items():
+                assert local_sessions(node) == sum(after.owner(s.encode()) == name for s in staying)
+            for node in farm.nodes:
+                with Client(nodes=[node.address]) as cn:
+                    assert [cn.get(s, "v") for s in moving + staying] == [s.encode() for s in moving + staying]
+            # The lock moved too: the new owner holds it for the same key, and
+            # the waiter queued on the old owner now waits there.
+            with Client(nodes=[joiner.address]) as cj:
+                with pytest.raises(MsessionError) as exc:
+                    cj.lock(moving[0], wait=0)
+                assert exc.value.code == "LOCKED"
+                wait_for(lambda: cj.info()["lock_waiters"] == 1, 10, "the waiter to follow the lock")
+            assert "key" not in waited and "error" not in waited
+            assert c.unlock(moving[0], key) == key  # the holder's key still unlocks it, through any member
+        finally:
+            waiter.join(30)
+    assert "key" in waited, waited
+    assert waited["seconds"] < 15
+
+    # A graceful leave hands the session back with the lock the waiter now holds.
+    joiner.stop(signal.SIGTERM)
+    farm.nodes.remove(joiner)
+    farm.wait_converged()
+    with Client(nodes=[first.address]) as c:
+        assert c.get(moving[0], "v") == moving[0].encode()
+        with pytest.raises(MsessionError) as exc:
+            c.lock(moving[0], wait=0)
+        assert exc.value.code == "LOCKED"
+        assert c.unlock(moving[0], waited["key"]) == waited["key"]
+        assert c.lock(moving[0], wait=0)
+
+
+def second_info(node) -> dict:
+    with Client(nodes=[node.address]) as c:
+        return c.info()
 
 
 MAX_FRAME = 1024 * 1024
@@ -170,3 +241,34 @@ async def test_a_handoff_looks_each_moving_session_up_once():
     assert await cluster.hand_off(ring) == len(moving) > 0
     assert sorted(sent) == sorted(moving) and sorted(looked_up) == sorted(moving)
     assert len(store) == len(sids) - len(moving)
+
+
+async def test_a_locked_session_whose_handoff_fails_keeps_its_lock_here():
+    # In process, the other member faked as unreachable: the sessions and
+    # their locks (one made here, one that came from elsewhere) are back.
+    from cluster.runtime import Cluster
+    from conftest import make_config
+    from node.commands import CommandError
+    from node.server import Server
+
+    config = make_config(name="a", gossip_port=0)
+    server = Server(config)
+    cluster = Cluster(config, server.node, server.clock)
+    node, now = server.node, server.clock()
+    ring = Ring(["a", "b"])
+    mine, came = [sid for sid in (b"s%d" % i for i in range(200)) if ring.owner(sid) == "b"][:2]
+    for sid in (mine, came):
+        node.execute(Cmd.CREATE, [sid, b"", b"x"], now)
+    key = node.execute(Cmd.SLOCK, [mine, 0, 60000], now)
+    assert node.adopt_lock(came, [4242, 60000])
+    tried = []
+
+    async def call(name, cmd, args, timeout, inner=None, alone=False):
+        tried.extend(state for state in args[0])
+        raise CommandError("UNAVAILABLE", "member b could not be reached")
+
+    cluster.call = call
+    assert await cluster.hand_off(ring) == 0
+    assert sorted(len(state) for state in tried) == [9, 9]  # each went with its lock
+    assert len(node.store) == 2
+    assert node.locks.holder(mine) == key and node.locks.holder(came) == 4242
