@@ -20,7 +20,7 @@ import socket
 import trio
 
 from protocol.codec import ClientProtocol, ProtocolError, Response
-from protocol.constants import Cmd
+from protocol.constants import Cmd, Err
 
 from .peer_wire import member_hello
 
@@ -31,12 +31,15 @@ MAX_ANSWER = 256 * 1024 * 1024
 class LinkDown(Exception):
     """The member could not be reached, or the connection broke.
 
-    ``sent`` tells whether the request may have reached the member."""
+    ``sent`` tells whether the request may have reached the member;
+    ``busy``: the member closed the connection with BUSY before answering
+    it (a member shutting down does so between requests: it did not run)."""
 
-    def __init__(self, message: str, sent: bool):
+    def __init__(self, message: str, sent: bool, busy: bool = False):
         super().__init__(message)
         self.message = message
         self.sent = sent
+        self.busy = busy
 
 
 class _Slot:
@@ -62,6 +65,8 @@ class PeerLink:
 
     async def call(self, cmd: int, args: list, timeout: float) -> Response:
         """Sends one request and waits up to ``timeout`` for its answer."""
+        if self.closed:
+            raise LinkDown("link closed", sent=False)
         with trio.move_on_after(timeout) as scope:
             sock, proto = await self._connected()
             rid, data = proto.request(cmd, args)
@@ -73,6 +78,8 @@ class PeerLink:
             finally:
                 if self._pending.get(rid) is slot:  # ids restart on a new connection
                     del self._pending[rid]
+                if self.closed and not self._pending and self._sock is sock:
+                    self._broken(sock, "link closed")  # retired, and this was the last request
         if scope.cancelled_caught:
             raise LinkDown(f"no answer within {timeout:g} s", sent=True)
         if slot.error is not None:
@@ -132,6 +139,7 @@ class PeerLink:
 
     async def _read(self, sock: socket.socket, proto: ClientProtocol) -> None:
         reason = "connection closed by the member"
+        busy = False
         try:
             while True:
                 try:
@@ -156,27 +164,35 @@ class PeerLink:
                 for resp in responses:
                     if resp.id is None:  # the member closes the connection (BUSY, TIMEOUT)
                         reason = f"member closed the connection: {resp.message}"
+                        busy = resp.code == Err.BUSY  # after every answer: what is unanswered did not run
                         continue
                     slot = self._pending.get(resp.id)
                     if slot is not None:
                         slot.response = resp
                         slot.event.set()
         finally:
-            self._broken(sock, f"{self.addr[0]}:{self.addr[1]}: {reason}")
+            self._broken(sock, f"{self.addr[0]}:{self.addr[1]}: {reason}", busy)
 
-    def _broken(self, sock: socket.socket, reason: str) -> None:
+    def _broken(self, sock: socket.socket, reason: str, busy: bool = False) -> None:
         """Fails every request still waiting and forgets the socket; the next call reconnects."""
         if self._sock is sock:
             self._sock = None
             self._proto = None
             for slot in self._pending.values():
                 if slot.response is None and slot.error is None:
-                    slot.error = LinkDown(reason, sent=True)
+                    slot.error = LinkDown(reason, sent=not busy, busy=busy)
                     slot.event.set()
             self._pending.clear()
         if sock.fileno() >= 0:
             trio.lowlevel.notify_closing(sock)
             sock.close()
+
+    def retire(self) -> None:
+        """Takes no new request; those in flight get their answers (a member
+        that leaves the farm still answers them), then the link closes."""
+        self.closed = True
+        if not self._pending and self._sock is not None:
+            self._broken(self._sock, "link closed")
 
     def close(self) -> None:
         self.closed = True

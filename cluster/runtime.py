@@ -56,6 +56,10 @@ STREAM_TIMEOUT = 5.0  # a push-pull exchange
 UDP_READ = 65536
 
 
+class MemberLeaving(CommandError):
+    """BUSY: the member is shutting down and did not run the request."""
+
+
 class Cluster:
     def __init__(self, config: Config, node: Node, clock: Callable[[], float]):
         self.config = config
@@ -238,7 +242,7 @@ class Cluster:
             if kind in ("join", "dead", "left", "alive", "reaped"):
                 log.info("member %s (%s:%d): %s", member.name, member.addr[0], member.addr[1], kind)
             if kind in ("dead", "left", "reaped"):
-                self._forget(member.name)
+                self._forget(member.name, kind == "left")
             changed = True
         if m.conflict:
             raise SystemExit(f"msession: {m.conflict}")
@@ -296,11 +300,16 @@ class Cluster:
         log.info("ring %s: %d members", new.id, len(new))
         self._handoff_due.set()
 
-    def _forget(self, name: str) -> None:
-        """Closes the connections to a member that is gone."""
+    def _forget(self, name: str, left: bool) -> None:
+        """Closes the connection to a member that is gone; to one that left,
+        once the requests in flight on it have their answers (it answers
+        them before it exits)."""
         link = self._links.pop(name, None)
         if link is not None:
-            link.close()
+            if left:
+                link.retire()
+            else:
+                link.close()
 
     def _member_addr(self, name: str) -> tuple[str, int] | None:
         member = self.membership.get(name)
@@ -429,6 +438,8 @@ class Cluster:
         try:
             resp = await link.call(cmd, args, timeout)
         except LinkDown as exc:
+            if exc.busy:  # it is shutting down, and did not run the request: routed again, it goes elsewhere
+                raise MemberLeaving("BUSY", f"member {name} is shutting down: retry") from None
             raise self._unreachable(name, inner if inner is not None else cmd, exc.message, exc.sent) from None
         if resp.ok:
             return resp.value
@@ -552,7 +563,7 @@ class Cluster:
             try:
                 state = await self.call(name, Cmd.TAKE, [sid], handoff.TAKE_TIMEOUT)
             except CommandError as exc:
-                if exc.name == "BUSY":  # its view is behind ours: soon it gives the session up
+                if exc.name == "BUSY" and not isinstance(exc, MemberLeaving):  # its view is behind ours: soon it gives the session up
                     delay = backoff.next(trio.current_time())
                     if delay is None:
                         raise CommandError("BUSY", f"the farm's view is changing ({name} still holds the session): retry") from None

@@ -94,6 +94,10 @@ class LockTable:
         """Lockers queued behind held locks (O(locks held))."""
         return sum(len(lock.waiters) for lock in self._locks.values())
 
+    def all_waiters(self) -> list[Waiter]:
+        """Every locker queued, on every lock (O(locks held))."""
+        return [waiter for lock in self._locks.values() for waiter in lock.waiters]
+
     def holder(self, sid: bytes) -> int:
         """The key holding ``sid``, or 0."""
         lock = self._locks.get(sid)

@@ -42,6 +42,8 @@ log = logging.getLogger("msession.server")
 READ_SIZE = 65536
 SEND_THRESHOLD = 256 * 1024
 YIELD_EVERY = 64  # requests answered in a row before other connections get a turn
+DRAIN_POLL = 0.02  # seconds between two looks for connections drain() may close
+DRAIN_TIMEOUT = 5.0  # seconds a node stopping on SIGTERM lets requests in progress finish
 
 
 class Counters:
@@ -62,7 +64,7 @@ class _Conn:
     end cannot starve the others.
     """
 
-    __slots__ = ("sock", "fd", "decoder", "eof", "peer", "scope", "timer", "cut", "send_lock")
+    __slots__ = ("sock", "fd", "decoder", "eof", "peer", "scope", "timer", "cut", "send_lock", "idle", "later")
 
     def __init__(self, sock: socket.socket, addr: Any, config: Config):
         self.sock = sock
@@ -77,6 +79,8 @@ class _Conn:
         # request that waits on the farm is answered when ready, out of order,
         # and holds back nothing behind it. Answers then go out under this lock.
         self.send_lock: trio.Lock | None = None
+        self.idle = False  # waiting for the next request (nothing of this connection's in progress)
+        self.later = 0  # a member's requests being answered out of order (``_answer_later``)
 
     def sync_deadline(self) -> None:
         if self.scope.deadline != self.timer.deadline:  # moving it costs: only on change
@@ -185,6 +189,8 @@ class Server:
         self._log = RateLimitedLog(log)
         self._encoder = Encoder()
         self._listeners: list[socket.socket] = []
+        self._conns: set[_Conn] = set()
+        self.draining = False
         self.node.info_providers.append(self._info)
 
     def _info(self) -> dict:
@@ -229,6 +235,27 @@ class Server:
             for sock in self._listeners:
                 _close(sock)
 
+    async def drain(self, timeout: float) -> None:
+        """Stops serving, gracefully (SIGTERM): a new connection is refused
+        with BUSY, and each open one is closed with BUSY as soon as it is
+        between requests (nothing of it running, no frame half received), so
+        its client gets either the answer to a request or a BUSY saying that
+        it did not run. A locker waiting here is answered BUSY at once (it
+        did not get the lock); a request waiting on another member (a lock
+        there, say) gets its answer first. Returns when every connection is
+        closed, or after ``timeout`` seconds (the rest are then cut by the
+        caller)."""
+        self.draining = True
+        for waiter in self.node.locks.all_waiters():  # a lock wait here ends now, with BUSY
+            if waiter.handle is not None:
+                waiter.handle()
+        with trio.move_on_after(timeout):
+            while self._conns:
+                for conn in self._conns:
+                    if conn.idle and not conn.later and not conn.decoder.pending:
+                        conn.scope.cancel()
+                await trio.sleep(DRAIN_POLL)
+
     async def _housekeeping(self) -> None:
         while True:
             now = self.clock()
@@ -265,18 +292,24 @@ class Server:
     async def _handle(self, sock: socket.socket, addr: Any) -> None:
         self.counters.connections_total += 1
         conn = _Conn(sock, addr, self.config)
+        if self.draining:
+            self.counters.connections_refused += 1
+            await self._send_and_close(conn, self._encoder.error(None, Err.BUSY, "node is shutting down: retry elsewhere"))
+            return
         if self.connections >= self.config.max_connections:
             self.counters.connections_refused += 1
             self._log.info("refusing a connection: %d connections open (max_connections)", self.connections)
             await self._send_and_close(conn, self._encoder.error(None, Err.BUSY, "too many connections"))
             return
         self.connections += 1
+        self._conns.add(conn)
         try:
             await self._serve_conn(conn)
         except ConnectionError:
             pass  # the client went away
         finally:
             self.connections -= 1
+            self._conns.discard(conn)
             _close(sock)
 
     async def _serve_conn(self, conn: _Conn) -> None:
@@ -285,7 +318,9 @@ class Server:
         now = trio.lowlevel.current_clock().current_time  # trio.current_time() without its two wrappers
         with conn.scope:
             while True:
+                conn.idle = True
                 data = await conn.recv()
+                conn.idle = False
                 if not data:
                     conn.eof = True
                     return
@@ -298,6 +333,11 @@ class Server:
                 if timer.answered(now, decoder.pending):
                     conn.scope.deadline = timer.deadline
         if conn.scope.cancelled_caught:
+            if self.draining and conn.idle:
+                # Closed between requests by drain(): whatever the client sent
+                # since did not run, and the BUSY before it says so.
+                await self._send_and_close(conn, self._encoder.error(None, Err.BUSY, "node is shutting down: retry elsewhere"))
+                return
             self.counters.timeouts += 1
             if conn.cut:
                 # The client stopped reading in the middle of an answer: a
@@ -346,6 +386,7 @@ class Server:
                     step = cluster.route(cmd, args, hops)
                 if step is not None and conn.send_lock is not None and not lock_may_wait(cmd, args):
                     # (A lock that may wait comes on a link of its own, as Cluster.call sends it: in line.)
+                    conn.later += 1  # (before it starts: drain() must see it at once)
                     self._nursery.start_soon(self._answer_later, conn, rid, cmd, args, step)
                     continue
                 if step is not None:
@@ -404,7 +445,8 @@ class Server:
         return self._encoder.error(rid, Err.UNKNOWN, f"internal error: {type(exc).__name__}")
 
     async def _answer_later(self, conn: _Conn, rid: Any, cmd: int, args: Any, step: Callable) -> None:
-        """A member's request that waits on the farm, answered when ready."""
+        """A member's request that waits on the farm, answered when ready
+        (``conn.later`` was counted up when it was started)."""
         try:
             try:
                 result = await step()
@@ -417,6 +459,8 @@ class Server:
                 await conn.send(answer)
         except (ConnectionError, OSError, trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the member went away meanwhile
+        finally:
+            conn.later -= 1
 
     async def _remote(self, conn: _Conn, step: Callable, waits: bool, args: Any) -> Any:
         """Runs a request's step on other members. An SLOCK also watches the
@@ -520,6 +564,8 @@ class Server:
                 return None
             if waiter.moved:
                 return _Moved(scope.deadline - trio.current_time())
+            if not waiter.key and self.draining:
+                raise CommandError("BUSY", "node is shutting down: the lock was not taken; retry elsewhere")
             if not waiter.key:
                 raise CommandError("LOCKED", f"session still locked after waiting {lw.wait:g} s")
             delivered = True
@@ -640,5 +686,6 @@ async def _main(config: Config) -> None:
                 if cluster is not None:
                     with trio.move_on_after(10):
                         await cluster.leave()
+                await server.drain(DRAIN_TIMEOUT)
                 nursery.cancel_scope.cancel()
                 break

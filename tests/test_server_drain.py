@@ -1,0 +1,114 @@
+"""A node stopping on SIGTERM (``Server.drain``), and how a member link takes
+a member that leaves: every client gets either its answer or a BUSY that says
+its request did not run."""
+
+import trio
+
+from cluster.link import LinkDown, PeerLink
+from conftest import start_server
+from procs import wait_until
+from protocol.client import AsyncClient
+from protocol.codec import encode_request
+from protocol.constants import Cmd, Err
+from test_server_races import read_answers
+
+
+async def test_drain_closes_connections_with_busy_once_they_are_between_requests(nursery):
+    server = await start_server(nursery)
+    addr = server.ports[0]
+    async with AsyncClient(*addr) as a:
+        await a.lock("s")
+    idle = await trio.open_tcp_stream(*addr)
+    waiting = await trio.open_tcp_stream(*addr)
+    await waiting.send_all(encode_request(1, Cmd.SLOCK, [b"s", 10000]))
+    await wait_until(lambda: server.node.locks.waiting() == 1)
+    halfway = await trio.open_tcp_stream(*addr)
+    ping = encode_request(7, Cmd.PING, [])
+    await halfway.send_all(ping[:5])
+    await wait_until(lambda: len(server._conns) == 3)
+    drained = trio.Event()
+
+    async def drain():
+        await server.drain(10)
+        drained.set()
+
+    nursery.start_soon(drain)
+    # An idle connection gets BUSY without an id, then EOF.
+    [busy] = await read_answers(idle, 1)
+    assert busy.id is None and not busy.ok and busy.code == int(Err.BUSY)
+    assert busy.message.startswith("node is shutting down")
+    assert await idle.receive_some(100) == b""
+    await idle.aclose()
+    # A locker waiting here is told BUSY (no lock), then the connection closes the same way.
+    answers = await read_answers(waiting, 2)
+    assert [(x.id, x.code) for x in answers] == [(1, int(Err.BUSY)), (None, int(Err.BUSY))]
+    assert server.node.locks.waiting() == 0
+    await waiting.aclose()
+    # A new connection is refused.
+    late = await trio.open_tcp_stream(*addr)
+    [refused] = await read_answers(late, 1)
+    assert refused.id is None and refused.message == busy.message
+    # Half a frame received: that request is answered before the connection closes.
+    await wait_until(lambda: len(server._conns) == 1)
+    await trio.sleep(0.2)
+    assert not drained.is_set() and len(server._conns) == 1
+    await halfway.send_all(ping[5:])
+    pong, bye = await read_answers(halfway, 2)
+    assert pong.id == 7 and pong.ok and bye.id is None and bye.code == int(Err.BUSY)
+    with trio.fail_after(5):
+        await drained.wait()
+    assert not server._conns
+
+
+async def test_a_request_sent_as_the_node_drains_is_answered_busy_not_lost(nursery):
+    server = await start_server(nursery)
+    addr = server.ports[0]
+    stream = await trio.open_tcp_stream(*addr)
+    await stream.send_all(encode_request(1, Cmd.PING, []))
+    await read_answers(stream, 1)
+    nursery.start_soon(server.drain, 10)
+    await stream.send_all(encode_request(2, Cmd.CREATE, [b"x"]))  # may cross the node's BUSY
+    answers = await read_answers(stream, 1)
+    assert answers[0].id in (None, 2)
+    if answers[0].id is None:  # closed first: the CREATE did not run
+        assert server.node.store.get(b"x", server.clock()) is None
+
+
+async def test_a_link_to_a_member_shutting_down_says_the_request_did_not_run(nursery):
+    server = await start_server(nursery)
+    nursery.start_soon(server.drain, 10)
+    await wait_until(lambda: server.draining)
+    link = PeerLink(server.ports[0], nursery)
+    try:
+        await link.call(Cmd.PING, [], 5)
+    except LinkDown as exc:
+        assert exc.busy and not exc.sent, exc.message
+    else:
+        raise AssertionError("a draining node answered a new connection")
+    finally:
+        link.close()
+
+
+async def test_a_retired_link_answers_what_is_in_flight_then_closes(nursery):
+    server = await start_server(nursery)
+    async with AsyncClient(*server.ports[0]) as a:
+        key = await a.lock("s")
+        link = PeerLink(server.ports[0], nursery)
+        got = []
+
+        async def lock_over_link():
+            got.append(await link.call(Cmd.SLOCK, [b"s", 10000], 15))
+
+        nursery.start_soon(lock_over_link)
+        await wait_until(lambda: server.node.locks.waiting() == 1)
+        link.retire()  # the member left: no new requests, this one still gets its answer
+        try:
+            await link.call(Cmd.PING, [], 5)
+        except LinkDown as exc:
+            assert not exc.sent
+        else:
+            raise AssertionError("a retired link took a new request")
+        await a.unlock("s", key)
+        await wait_until(lambda: got)
+        assert got[0].ok and got[0].value > 0
+        await wait_until(lambda: link._sock is None)  # closed after its last answer
