@@ -20,13 +20,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
 
 from node.farm import child_env, die_with_parent
-from procs import ROOT, NodeProcess
+from cluster.ring import Ring
+from procs import ROOT, NodeProcess, wait_for
+from protocol.client import Client
 
 from bench.php_farm import PhpServer as BenchPhpServer  # noqa: E402
 
@@ -201,3 +205,61 @@ def test_farm_merge_mode_concurrent_requests_to_different_keys_lose_nothing(farm
         log = b"".join(s.log for s in servers).decode(errors="replace")
     assert final == [2] * users
     assert "Warning" not in log and "Fatal" not in log, log
+
+
+def test_farm_lock_mode_loses_nothing_while_a_member_joins_and_leaves(farms):
+    # Locked sessions move to a member that joins, and back when it leaves
+    # (SIGTERM: a rolling restart), while their users' AJAX bursts hold the
+    # locks: every update counts once and no request warns (a lock left
+    # behind on the old owner made the holder's unlock fail, and let a second
+    # request in at the new owner).
+    farm = farms(2, prefix="pj")
+    addresses = list(farm.addresses)  # the web servers know the first two members only
+    users, burst = 6, 4
+    stop = threading.Event()
+    answers: dict[str, list[int]] = {}
+    later = Ring(["pj1", "pj2", "pj3"])
+    with web_farm(addresses, "lock") as servers, ThreadPoolExecutor(users * burst + 1) as pool:
+        made = [get(servers[0], None, key="n")["sid"] for _ in range(60)]
+        moving = [sid for sid in made if later.owner(sid.encode()) == "pj3"]
+        assert len(moving) >= users // 2  # (about 20 expected)
+        sids = moving[: users // 2] + [sid for sid in made if sid not in moving][: users - users // 2]
+        for sid in sids:
+            answers[sid] = [1]
+
+        def ajax(sid: str, i: int) -> int:
+            return get(servers[i % 2], sid, key="n", sleep=30)["value"]
+
+        def drive() -> int:
+            rounds = 0
+            while not stop.is_set() and rounds < 200:  # bounded
+                futures = [(sid, pool.submit(ajax, sid, i)) for sid in sids for i in range(burst)]
+                for sid, f in futures:
+                    answers[sid].append(f.result(timeout=60))
+                rounds += 1
+            return rounds
+
+        driver = pool.submit(drive)
+        try:
+            time.sleep(0.5)
+            joiner = farm.add(name="pj3")
+            farm.wait_converged()
+            wait_for(lambda: local_sessions(joiner) > 0, 10, "sessions to move to the new member")
+            time.sleep(1.0)
+            joiner.stop(signal.SIGTERM)
+            farm.nodes.remove(joiner)
+            farm.wait_converged()
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            rounds = driver.result(timeout=120)
+        log = b"".join(s.log for s in servers).decode(errors="replace")
+    assert rounds >= 3
+    for sid, values in answers.items():
+        assert sorted(values) == list(range(1, len(values) + 1)), f"{sid}: {sorted(values)}\n{log}"
+    assert "Warning" not in log and "Fatal" not in log, log
+
+
+def local_sessions(node) -> int:
+    with Client(nodes=[node.address]) as c:
+        return c.info()["sessions"]
