@@ -189,7 +189,7 @@ def handoff_requests(states: list[list], budget: int) -> list[list[list]]:
 
 def split(state: list, budget: int) -> list[list]:
     """A session's state as parts of about ``budget`` bytes at most (the
-    state's optional ninth element, its lock, on the last one)."""
+    state's optional ninth element, its lock, on the first one)."""
     sid, classname, data, data_version, variables, ctime, atime, timeout, *lock = state
     parts, chunk, size = [], [], len(data)
     for var in variables:
@@ -204,8 +204,8 @@ def split(state: list, budget: int) -> list[list]:
         [sid, classname, data if i == 0 else b"", data_version if i == 0 else 0, chunk, ctime, atime, timeout]
         for i, chunk in enumerate(parts)
     ]
-    out[-1] += lock  # a lock (``[key, lease_ms]``) goes with the last part: once the rest is there
-    return out
+    out[0] += lock  # a lock (``[key, lease_ms, moves]``) goes with the first part, with the record:
+    return out      # the new owner must not grant it afresh while the other parts arrive
 
 
 def fast_path(ready: bool, ring: Ring, me: str, taking_over: bool) -> bool:

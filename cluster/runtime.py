@@ -89,7 +89,7 @@ class Cluster:
         self.counters = {
             "forwarded": 0, "forward_errors": 0, "refused_hops": 0, "gathers": 0,
             "sessions_handed_off": 0, "sessions_received": 0, "takes": 0, "handoff_errors": 0,
-            "view_retries": 0,
+            "view_retries": 0, "locks_not_adopted": 0,
         }
         node.info_providers.append(self._info)
 
@@ -610,8 +610,8 @@ class Cluster:
     def _export_moving(self, s) -> list:
         """The state of a session leaving for another member, removed from
         here with its lock (never two holders): the store's state, plus
-        ``[key, lease_ms left]`` when it is locked (``Node.give_up_lock``,
-        which sends its waiters after it)."""
+        ``[key, lease_ms left, moves]`` when it is locked
+        (``Node.give_up_lock``, which sends its waiters after it)."""
         state = self.node.store.export(s)
         self.node.store.take(s.sid)
         lock = self.node.give_up_lock(s.sid)
@@ -619,16 +619,25 @@ class Cluster:
             state.append(lock)
         return state
 
+    def _check_state(self, state: Any) -> None:
+        """ValueError unless ``state`` is a session state from another member:
+        the store's, maybe followed by its lock (``Node.check_lock``)."""
+        if type(state) is not list or len(state) not in (8, 9):
+            raise ValueError("malformed session state")
+        self.node.store.check_state(state[:8])
+        if len(state) == 9:
+            self.node.check_lock(state[8])
+
     def _merge(self, state: Any, now: float, returned: bool = False) -> bool:
         """Merges a session state from another member (``returned``: ours,
         back from a handoff that failed), and installs the lock that came
         with it (``Node.adopt_lock``). ValueError if malformed (nothing merged)."""
-        if type(state) is not list or len(state) not in (8, 9):
-            raise ValueError("malformed session state")
-        lock = self.node.check_lock(state[8]) if len(state) == 9 else None
+        self._check_state(state)
         merged = self.node.store.merge_in(state[:8], now)
-        if lock is not None:
-            self.node.adopt_lock(state[0], state[8], returned)  # a lock is the id's, whatever became of the record
+        if len(state) == 9 and not self.node.adopt_lock(state[0], state[8], returned):  # (a lock is the id's)
+            self.counters["locks_not_adopted"] += 1
+            self._log.info("a lock that came with session %r was not taken: held here by another key, "
+                           "or a late copy of one that ended here", state[0])
         return merged
 
     async def _receive_handoff(self, args: Any) -> Any:
@@ -637,6 +646,11 @@ class Cluster:
         if self.leaving:
             raise CommandError("BUSY", f"member {self.name} is leaving the farm")
         now, merged, foreign = self.clock(), 0, False
+        try:
+            for state in args[0]:
+                self._check_state(state)  # all of them first: a malformed one merges nothing
+        except ValueError:
+            raise CommandError("BADARG", "malformed session state in HANDOFF") from None
         for state in args[0]:
             try:
                 if self._merge(state, now):

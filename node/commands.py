@@ -24,6 +24,7 @@ from .plugins import PluginManager
 
 SERVER_NAME = "msession"
 _MAX_U64 = 2**64 - 1
+_MAX_U32 = 2**32 - 1
 EXPIRE_BATCH = 10000
 
 
@@ -481,7 +482,7 @@ class Node:
 
     def give_up_lock(self, sid: bytes) -> list[int] | None:
         """``sid``'s lock, taken out as the session moves to another member
-        (``LockTable.give_up``): ``[key, lease_ms left]`` or None. Its
+        (``LockTable.give_up``): ``[key, lease_ms left, moves]`` or None. Its
         waiters are woken, marked ``moved``: the server sends them on."""
         mono = self.lock_clock()
         self.wake(self.locks.expire(mono))  # a lease that ran out passes on here, not there
@@ -492,22 +493,24 @@ class Node:
         return wire
 
     def adopt_lock(self, sid: bytes, wire: Any, returned: bool = False) -> bool:
-        """Installs a lock that came with its session (``LockTable.adopt``).
-        Raises ValueError if ``wire`` is not ``[key, lease_ms]`` in range."""
-        key, lease_ms = self.check_lock(wire)
-        adopted = self.locks.adopt(sid, key, lease_ms, self.lock_clock(), returned)
+        """Installs a lock that came with its session (``LockTable.adopt``);
+        its lease is cut to our ``max_lock_lease`` (members may differ while
+        a farm's configuration changes). ValueError if ``wire`` is malformed
+        (``check_lock``)."""
+        key, lease_ms, moves = self.check_lock(wire)
+        adopted = self.locks.adopt(sid, key, min(lease_ms, self._max_lease_ms), moves, self.lock_clock(), returned)
         self._watch_leases()
         return adopted
 
-    def check_lock(self, wire: Any) -> tuple[int, int]:
-        """``[key, lease_ms]`` of a moving lock, checked; ValueError if malformed."""
-        if type(wire) is not list or len(wire) != 2:
+    @staticmethod
+    def check_lock(wire: Any) -> tuple[int, int, int]:
+        """``[key, lease_ms, moves]`` of a moving lock, checked; ValueError if malformed."""
+        if type(wire) is not list or len(wire) != 3 or any(type(x) is not int for x in wire):
             raise ValueError("malformed lock")
-        key, lease_ms = wire
-        if type(key) is not int or not 1 <= key <= MAX_KEY or type(lease_ms) is not int \
-                or not 1 <= lease_ms <= self._max_lease_ms:
+        key, lease_ms, moves = wire
+        if not (1 <= key <= MAX_KEY and 1 <= lease_ms <= _MAX_U32 and 1 <= moves <= _MAX_U32):
             raise ValueError("malformed lock")
-        return key, lease_ms
+        return key, lease_ms, moves
 
     def unlock_abandoned(self, sid: bytes, key: int) -> None:
         """Hands on a lock granted to a client that will never hear of it."""

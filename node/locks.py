@@ -14,13 +14,15 @@ Every grant returns the ``Waiter`` objects that became holders, so the I/O
 layer can wake exactly those; nothing here blocks or sleeps.
 
 In a farm a lock moves with its session (docs/cluster.md). ``give_up`` takes
-a lock out of the table as a wire value ``[key, lease_ms left]`` and returns
-its waiters, marked ``moved`` (the I/O layer sends them to the new owner);
-``adopt`` installs such a lock on the new owner, where its holder's key still
-unlocks it. A state can arrive twice (a TAKE and a HANDOFF in flight, a
-retried TAKE): a lock adopted here and since ended (released, expired, passed
-on or given up) keeps its key in ``_ended`` for ``ENDED_KEEP`` seconds, and a
-late copy of it is refused rather than locking the session again.
+a lock out of the table as a wire value ``[key, lease_ms left, moves]`` and
+returns its waiters, marked ``moved`` (the I/O layer sends them to the new
+owner); ``adopt`` installs such a lock on the new owner, where its holder's
+key still unlocks it. A state can arrive twice (a TAKE and a HANDOFF in
+flight, a retried TAKE): a lock that moved and has ended here (released,
+expired, passed on, or given up again) keeps its key and its count of moves
+in ``_ended`` for ``ENDED_KEEP`` seconds, and a copy that has moved no more
+times than that is late: refused rather than locking the session again. A
+lock that really comes back (A to B to C, then back to B) has moved more.
 """
 
 from __future__ import annotations
@@ -49,12 +51,12 @@ class Waiter:
 
 
 class _Lock:
-    __slots__ = ("key", "deadline", "waiters", "entry", "adopted")
+    __slots__ = ("key", "deadline", "waiters", "entry", "moves")
 
     def __init__(self, key: int, deadline: float):
         self.key = key
         self.deadline = deadline
-        self.adopted = False  # its key came from another member (``adopt``)
+        self.moves = 0  # times it moved to another member with its session (``give_up``, ``adopt``)
         self.waiters: deque[Waiter] = deque()
         # This lock's live entry in the lease heap (None while it has none):
         # its deadline is never later than ``deadline``. Other entries naming
@@ -84,7 +86,8 @@ class LockTable:
     def __init__(self):
         self._locks: dict[bytes, _Lock] = {}
         self._leases: list[tuple[float, bytes, int]] = []  # (deadline, sid, key), lazy
-        self._ended: dict[int, float] = {}  # key of an adopted lock that ended here => when (oldest first)
+        # key of a lock that moved and ended here => (when, its moves, its deadline), oldest first
+        self._ended: dict[int, tuple[float, int, float]] = {}
         self.lease_expiries = 0
 
     def __len__(self) -> int:
@@ -158,9 +161,10 @@ class LockTable:
 
     def give_up(self, sid: bytes, now: float) -> tuple[list[int] | None, list[Waiter]]:
         """Takes ``sid``'s lock out of the table, as it moves to another member
-        with its session: ``([key, lease_ms left], waiters)``, the waiters
-        marked ``moved``; ``(None, [])`` if it is free. Call ``expire`` first:
-        a lease that ran out is not given (it passes on here)."""
+        with its session: ``([key, lease_ms left, moves], waiters)``, the
+        waiters marked ``moved``; ``(None, [])`` if it is free. ``moves``
+        counts the lock's moves, this one included. Call ``expire`` first: a
+        lease that ran out is not given (it passes on here)."""
         lock = self._locks.pop(sid, None)
         if lock is None:
             return None, []
@@ -169,44 +173,52 @@ class LockTable:
             self._leases.pop()
         elif len(self._leases) > 2 * len(self._locks) + _COMPACT_SLACK:
             self._compact()
-        if lock.adopted:
-            self._end(lock.key, now)
+        moves = lock.moves + 1
+        self._end(lock.key, now, moves, lock.deadline)
         waiters = list(lock.waiters)
         for waiter in waiters:
             waiter.moved = True
-        return [lock.key, max(1, math.ceil((lock.deadline - now) * 1000))], waiters
+        return [lock.key, max(1, math.ceil((lock.deadline - now) * 1000)), moves], waiters
 
-    def adopt(self, sid: bytes, key: int, lease_ms: int, now: float, returned: bool = False) -> bool:
+    def adopt(self, sid: bytes, key: int, lease_ms: float, moves: int, now: float, returned: bool = False) -> bool:
         """Installs a lock given up by another member (``give_up``): held by
-        ``key`` for ``lease_ms`` more. False if the lock here is held by
-        another key, or ``key`` is one that was adopted here and has ended
-        since (a late copy). The same key twice is no change. ``returned``:
-        a lock we gave up ourselves, back because its handoff failed."""
+        ``key`` for ``lease_ms`` more. False (no change) if the lock here is
+        held by another key, or this is a late copy: the lock ended here
+        (released, expired, passed on or given up) after a move at least as
+        recent. The same key twice is no change. ``returned``: a lock we gave
+        up ourselves, back because its handoff failed: it keeps the deadline
+        it had (none, if that has passed)."""
         held = self._locks.get(sid)
         if held is not None:
             return held.key == key
-        ended = self._ended
+        deadline = now + lease_ms / 1000.0
+        ended = self._ended.get(key)
+        if ended is not None and now - ended[0] >= ENDED_KEEP:
+            ended = None
         if returned:
-            ended.pop(key, None)
-        elif key in ended:
-            if now - ended[key] < ENDED_KEEP:
-                return False
-            del ended[key]
-        self._locks[sid] = lock = _Lock(key, now + lease_ms / 1000.0)
-        lock.adopted = True
-        lock.entry = entry = (lock.deadline, sid, key)
+            if ended is not None and ended[1] == moves:
+                del self._ended[key]
+                moves, deadline = moves - 1, ended[2]
+                if deadline <= now:
+                    return False
+        elif ended is not None and moves <= ended[1]:
+            return False
+        self._locks[sid] = lock = _Lock(key, deadline)
+        lock.moves = moves
+        lock.entry = entry = (deadline, sid, key)
         heapq.heappush(self._leases, entry)
         return True
 
-    def _end(self, key: int, now: float) -> None:
-        """Remembers the key of an adopted lock that ended here (``adopt``)."""
+    def _end(self, key: int, now: float, moves: int, deadline: float) -> None:
+        """Remembers that a lock that moves (or moved) ended here (``adopt``)."""
         ended = self._ended
         while ended:
             first = next(iter(ended))
-            if now - ended[first] < ENDED_KEEP:
+            if now - ended[first][0] < ENDED_KEEP:
                 break
             del ended[first]
-        ended[key] = now
+        ended.pop(key, None)
+        ended[key] = (now, moves, deadline)
 
     def _compact(self) -> None:
         """Rebuilds the lease heap from the live locks' entries only, in place
@@ -230,9 +242,9 @@ class LockTable:
         """
         leases = self._leases
         entry = lock.entry
-        if lock.adopted:  # (rare: only a lock that came with its session)
-            lock.adopted = False
-            self._end(lock.key, now)
+        if lock.moves:  # (rare: only a lock that came with its session)
+            self._end(lock.key, now, lock.moves, lock.deadline)
+            lock.moves = 0  # (a waiter gets a new key)
         if not lock.waiters:
             del self._locks[sid]
             if entry is not None and leases[-1] is entry:

@@ -516,10 +516,12 @@ class Server:
         """Waits for a queued lock (``_wait_for_lock``); if the lock moves to
         another member with its session meanwhile, asks there for the wait
         left, as a request routed afresh. The key, or None if the client left."""
-        for _ in range(MAX_LOCK_MOVES):
+        for moves in range(MAX_LOCK_MOVES + 1):
             result = await self._wait_for_lock(conn, lw, flush)
             if type(result) is not _Moved:
                 return result
+            if moves == MAX_LOCK_MOVES:
+                break
             flush = b""
             args = [args[0], max(0, int(result.wait_left * 1000))] + args[2:3]
             step = self.cluster.route(_SLOCK, args, hops) if self.cluster is not None else None
@@ -574,7 +576,10 @@ class Server:
             waiter.handle = None
             if not delivered:
                 if waiter.key:
-                    self.node.unlock_abandoned(lw.sid, waiter.key)
+                    if self.node.locks.holder(lw.sid) == waiter.key or self.cluster is None:
+                        self.node.unlock_abandoned(lw.sid, waiter.key)
+                    else:  # it moved to another member with its session meanwhile
+                        self.cluster.release_lock([lw.sid], waiter.key)
                 else:
                     self.node.locks.cancel(lw.sid, waiter)
 

@@ -34,7 +34,7 @@ import math
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from .hlc import HLC
 from .logs import RateLimitedLog
@@ -305,14 +305,10 @@ class Store:
             self._remove(s)
         return s
 
-    def merge_in(self, state: list, now: float) -> bool:
-        """Merges a session exported elsewhere into this store.
-
-        Per variable and for the data, the later version wins, so merging the
-        same state twice, or a state and writes made here meanwhile, in any
-        order, ends the same. Returns False (and changes nothing) for a state
-        that is past its deadline. Raises ValueError on a malformed state.
-        """
+    @staticmethod
+    def check_state(state: Any) -> tuple:
+        """A state of ``export``'s shape, checked and parsed (the variables
+        as ``(name, value, version)`` tuples); ValueError if malformed."""
         try:
             sid, classname, data, data_version, variables, ctime, atime, timeout = state
             if not (type(sid) is bytes and sid and type(classname) is bytes and type(data) is bytes):
@@ -326,6 +322,17 @@ class Store:
                     raise ValueError
         except (TypeError, ValueError):
             raise ValueError("malformed session state") from None
+        return sid, classname, data, data_version, pairs, ctime, atime, timeout
+
+    def merge_in(self, state: list, now: float) -> bool:
+        """Merges a session exported elsewhere into this store.
+
+        Per variable and for the data, the later version wins, so merging the
+        same state twice, or a state and writes made here meanwhile, in any
+        order, ends the same. Returns False (and changes nothing) for a state
+        that is past its deadline. Raises ValueError on a malformed state.
+        """
+        sid, classname, data, data_version, pairs, ctime, atime, timeout = self.check_state(state)
         if atime + timeout <= now:
             return False
         newest = max([data_version] + [ver for _, _, ver in pairs])

@@ -66,7 +66,7 @@ def test_a_lock_arriving_with_its_session_is_held_once(farms):
     n1, n2 = farm.nodes
     sid, bad = (s.encode() for s in owned_by([n1.name, n2.name], n2.name, 2, "lh"))
     now = time.time()
-    state = [sid, b"", b"", 1, [[b"k", b"v", 1]], now, now, 600, [4242, 60000]]
+    state = [sid, b"", b"", 1, [[b"k", b"v", 1]], now, now, 600, [4242, 60000, 1]]
     with Client(nodes=[n2.address]) as c:
         assert c._call(Cmd.HANDOFF, [[state]], ident) == 1
         with pytest.raises(MsessionError) as exc:
@@ -77,11 +77,18 @@ def test_a_lock_arriving_with_its_session_is_held_once(farms):
         # arriving) merges the data again but does not lock the session again.
         c._call(Cmd.HANDOFF, [[state]], ident)
         assert c.unlock(sid, c.lock(sid, wait=0))
-        for lock in ([0, 1000], [4242, 0], [4242], [b"k", 1000], [4242, 10**12], None):
+        for lock in ([0, 1000, 1], [4242, 0, 1], [4242, 1000, 0], [4242, 1000], [b"k", 1000, 1], [4242, 10**12, 1], None):
             with pytest.raises(MsessionError) as exc:
                 c._call(Cmd.HANDOFF, [[[bad, b"", b"", 1, [], now, now, 600, lock]]], ident)
             assert exc.value.code == "BADARG", lock
             assert c.ctl(bad) == 0  # nothing merged
+        # A batch with one malformed state merges none of them (a sender
+        # that is refused keeps them all: never two holders).
+        good = [bad, b"", b"", 1, [], now, now, 600, [99, 60000, 1]]
+        with pytest.raises(MsessionError) as exc:
+            c._call(Cmd.HANDOFF, [[good, [bad, b"", b"", 1, [], now, now, 600, [0, 1, 1]]]], ident)
+        assert exc.value.code == "BADARG"
+        assert c.ctl(bad) == 0 and c.unlock(bad, c.lock(bad, wait=0))
         assert c.get(sid, "k") == b"v"
 
 
@@ -260,7 +267,7 @@ async def test_a_locked_session_whose_handoff_fails_keeps_its_lock_here():
     for sid in (mine, came):
         node.execute(Cmd.CREATE, [sid, b"", b"x"], now)
     key = node.execute(Cmd.SLOCK, [mine, 0, 60000], now)
-    assert node.adopt_lock(came, [4242, 60000])
+    assert node.adopt_lock(came, [4242, 60000, 1])
     tried = []
 
     async def call(name, cmd, args, timeout, inner=None, alone=False):

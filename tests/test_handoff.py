@@ -45,12 +45,12 @@ def test_backoff_doubles_to_a_ceiling_until_the_deadline():
     assert delays == [0.1, 0.2, 0.3, 0.3] and now <= 1.0
 
 
-def test_a_lock_goes_with_the_last_part_of_a_split_session():
+def test_a_lock_goes_with_the_first_part_of_a_split_session():
     s = stm.Store()
     s.apply(stm.Create(b"S", s.version(1000.0), b"", b""), 1000.0)
     s.apply(stm.SetVars(b"S", s.version(1000.0), {b"v%d" % i: b"x" * 40 for i in range(20)}), 1000.0)
-    state = s.export(s.get(b"S", 1000.0)) + [[42, 30000]]
+    state = s.export(s.get(b"S", 1000.0)) + [[42, 30000, 1]]
     parts = handoff.split(state, budget=200)
     assert len(parts) > 1
-    assert [len(p) for p in parts] == [8] * (len(parts) - 1) + [9] and parts[-1][8] == [42, 30000]
+    assert [len(p) for p in parts] == [9] + [8] * (len(parts) - 1) and parts[0][8] == [42, 30000, 1]
     assert handoff.split(state, budget=10**6) == [state]

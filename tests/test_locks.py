@@ -330,10 +330,10 @@ def test_the_clients_rule_of_an_slock_that_may_wait_is_the_nodes(wait):
 # -- a lock moving with its session (give_up on the old owner, adopt on the new)
 
 
-def test_a_lock_given_up_leaves_with_its_key_and_lease_left_and_its_waiters_marked_moved():
+def test_a_lock_given_up_leaves_with_its_key_lease_left_and_moves_and_its_waiters_marked_moved():
     t, key, waiters = held(30, 10, 10)
     wire, moved = t.give_up(b"s", 12.5)
-    assert wire == [key, 17500]
+    assert wire == [key, 17500, 1]
     assert moved == waiters and all(w.moved and not w.key for w in waiters)
     assert t.holder(b"s") == 0 and len(t) == 0 and t.waiting() == 0
     assert t.give_up(b"s", 13.0) == (None, [])
@@ -356,7 +356,7 @@ def test_an_adopted_lock_is_held_by_the_same_key_for_the_lease_left():
 
 def test_the_holder_unlocks_an_adopted_lock_and_its_waiters_get_it_in_order():
     t = LockTable()
-    assert t.adopt(b"s", 1234, 30000, now=0.0)
+    assert t.adopt(b"s", 1234, 30000, 1, now=0.0)
     waiters = [Waiter(5), Waiter(5)]
     for w in waiters:
         t.enqueue(b"s", w)
@@ -369,14 +369,14 @@ def test_the_holder_unlocks_an_adopted_lock_and_its_waiters_get_it_in_order():
 def test_a_lock_held_here_by_another_key_is_kept():
     t = LockTable()
     mine = t.try_acquire(b"s", 0.0, 30)
-    assert not t.adopt(b"s", mine + 1 if mine < MAX_KEY else 1, 30000, now=1.0)
+    assert not t.adopt(b"s", mine + 1 if mine < MAX_KEY else 1, 30000, 1, now=1.0)
     assert t.holder(b"s") == mine
 
 
 @pytest.mark.parametrize("end", ["release", "expire", "pass_on", "give_up"])
-def test_a_late_copy_of_an_adopted_lock_that_ended_does_not_lock_again(end):
+def test_a_late_copy_of_a_lock_that_ended_here_does_not_lock_again(end):
     t = LockTable()
-    assert t.adopt(b"s", 77, 30000, now=0.0)
+    assert t.adopt(b"s", 77, 30000, 1, now=0.0)
     if end == "release":
         t.release(b"s", 77, 1.0)
     elif end == "expire":
@@ -388,33 +388,58 @@ def test_a_late_copy_of_an_adopted_lock_that_ended_does_not_lock_again(end):
         t.release(b"s", w.key, 2.0)
     else:
         t.give_up(b"s", 1.0)
-    assert not t.adopt(b"s", 77, 30000, now=40.0)  # (a TAKE's copy and the HANDOFF's, say)
+    assert not t.adopt(b"s", 77, 30000, 1, now=40.0)  # (a TAKE's copy and the HANDOFF's, say)
     assert t.holder(b"s") == 0
-    assert t.adopt(b"s", 77, 30000, now=40.0 + node.locks.ENDED_KEEP)  # forgotten after ENDED_KEEP
+    assert t.adopt(b"s", 77, 30000, 1, now=40.0 + node.locks.ENDED_KEEP)  # forgotten after ENDED_KEEP
 
 
-def test_a_lock_made_here_may_come_back_after_it_was_given_up():
+def test_a_lock_that_moves_on_and_comes_back_is_taken_again():
+    a, b, c = LockTable(), LockTable(), LockTable()
+    key = a.try_acquire(b"s", 0.0, 60)
+    to_b, _ = a.give_up(b"s", 1.0)
+    assert b.adopt(b"s", *to_b, now=1.0)
+    to_c, _ = b.give_up(b"s", 2.0)
+    assert c.adopt(b"s", *to_c, now=2.0)
+    back_to_b, _ = c.give_up(b"s", 3.0)  # (c left the farm again)
+    assert not b.adopt(b"s", *to_b, now=3.0)  # a late copy of the first move: refused
+    assert b.adopt(b"s", *back_to_b, now=3.0) and b.holder(b"s") == key
+    back_to_a, _ = b.give_up(b"s", 4.0)
+    assert a.adopt(b"s", *back_to_a, now=4.0) and a.holder(b"s") == key
+
+
+def test_our_own_lock_back_from_a_failed_handoff_keeps_its_deadline():
     t = LockTable()
     key = t.try_acquire(b"s", 0.0, 30)
-    wire, _ = t.give_up(b"s", 1.0)
-    assert t.adopt(b"s", *wire, now=2.0)  # (the session came back: a member joined, then left)
-    assert t.holder(b"s") == key
+    wire, _ = t.give_up(b"s", 10.0)
+    assert not t.adopt(b"s", *wire, now=20.0)  # not as a copy from elsewhere
+    assert t.adopt(b"s", *wire, now=20.0, returned=True)
+    assert t.holder(b"s") == key and t.next_deadline() == 30.0  # not 20 + the 20 s it had left
+    assert t.expire(30.0) == [] and t.holder(b"s") == 0
+    wire, _ = t.give_up(b"s", 31.0)
+    assert wire is None
+    key = t.try_acquire(b"s", 40.0, 30)
+    wire, _ = t.give_up(b"s", 41.0)
+    assert not t.adopt(b"s", *wire, now=71.0, returned=True)  # its lease ended meanwhile
+    assert t.holder(b"s") == 0
 
 
 def test_ended_keys_are_forgotten_oldest_first():
     t = LockTable()
     for i in range(1, 101):
-        t.adopt(b"s%d" % i, i, 1000, now=float(i))
+        t.adopt(b"s%d" % i, i, 1000, 1, now=float(i))
         t.release(b"s%d" % i, i, float(i))
-    t.adopt(b"x", 1000, 1000, now=100.0 + node.locks.ENDED_KEEP)
+    t.adopt(b"x", 1000, 1000, 1, now=100.0 + node.locks.ENDED_KEEP)
     t.release(b"x", 1000, 100.0 + node.locks.ENDED_KEEP)
     assert len(t._ended) == 1
 
 
-def test_an_adopted_lock_given_up_comes_back_when_its_handoff_failed():
-    t = LockTable()
-    assert t.adopt(b"s", 77, 30000, now=0.0)
-    wire, _ = t.give_up(b"s", 1.0)
-    assert not t.adopt(b"s", *wire, now=2.0)  # a late copy: refused
-    assert t.adopt(b"s", *wire, now=2.0, returned=True)  # our own, back: held again
-    assert t.holder(b"s") == 77
+def test_a_lock_arriving_with_a_longer_lease_than_ours_is_cut_to_our_maximum():
+    from node.commands import Node
+    from conftest import make_config
+
+    t = [100.0]
+    n = Node(make_config(lock_lease=5.0, max_lock_lease=10.0), clock=lambda: 1e9, lock_clock=lambda: t[0])
+    assert n.adopt_lock(b"s", [5, 3_600_000, 1])  # a member whose max_lock_lease is an hour
+    assert n.locks.next_deadline() == 110.0
+    with pytest.raises(ValueError):
+        n.adopt_lock(b"s", [5, 2**32, 1])
