@@ -62,11 +62,12 @@ class PeerLink:
         self._connecting = trio.Lock()
         self._sending = trio.StrictFIFOLock()
         self.closed = False
+        self.retired = False  # closed because the member left: a request refused here goes elsewhere
 
     async def call(self, cmd: int, args: list, timeout: float) -> Response:
         """Sends one request and waits up to ``timeout`` for its answer."""
         if self.closed:
-            raise LinkDown("link closed", sent=False)
+            raise LinkDown("link closed", sent=False, busy=self.retired)
         with trio.move_on_after(timeout) as scope:
             sock, proto = await self._connected()
             rid, data = proto.request(cmd, args)
@@ -92,7 +93,7 @@ class PeerLink:
         async with self._connecting:
             if self._sock is None:
                 if self.closed:
-                    raise LinkDown("link closed", sent=False)
+                    raise LinkDown("link closed", sent=False, busy=self.retired)
                 try:
                     with trio.fail_after(self._connect_timeout):
                         stream = await trio.open_tcp_stream(*self.addr)
@@ -190,7 +191,7 @@ class PeerLink:
     def retire(self) -> None:
         """Takes no new request; those in flight get their answers (a member
         that leaves the farm still answers them), then the link closes."""
-        self.closed = True
+        self.closed = self.retired = True
         if not self._pending and self._sock is not None:
             self._broken(self._sock, "link closed")
 

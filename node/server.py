@@ -320,6 +320,8 @@ class Server:
             while True:
                 conn.idle = True
                 data = await conn.recv()
+                if self.draining and conn.scope.cancel_called:
+                    break  # drain() closed it as these bytes came: none of them runs (the BUSY below says so)
                 conn.idle = False
                 if not data:
                     conn.eof = True
@@ -332,12 +334,12 @@ class Server:
                     return
                 if timer.answered(now, decoder.pending):
                     conn.scope.deadline = timer.deadline
+        if self.draining and conn.idle and conn.scope.cancel_called:
+            # Closed between requests by drain(): whatever the client sent
+            # since did not run, and the BUSY before it says so.
+            await self._send_and_close(conn, self._encoder.error(None, Err.BUSY, "node is shutting down: retry elsewhere"))
+            return
         if conn.scope.cancelled_caught:
-            if self.draining and conn.idle:
-                # Closed between requests by drain(): whatever the client sent
-                # since did not run, and the BUSY before it says so.
-                await self._send_and_close(conn, self._encoder.error(None, Err.BUSY, "node is shutting down: retry elsewhere"))
-                return
             self.counters.timeouts += 1
             if conn.cut:
                 # The client stopped reading in the middle of an answer: a
@@ -554,6 +556,8 @@ class Server:
         waiter = lw.waiter
         scope = trio.CancelScope()
         waiter.handle = scope.cancel  # before any await: a grant must not be missed
+        if self.draining:
+            scope.cancel()  # no waiting on a node that stops: BUSY below (drain() woke the others)
         left = delivered = False
         try:
             if flush:
