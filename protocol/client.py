@@ -265,6 +265,20 @@ def _connection_error(resp: Response, answered: bool) -> Exception:
     return error
 
 
+def _busy_rest(resp: Response, answers: dict[int, Response], ids: Iterable[int]) -> bool:
+    """A node that closes a connection with BUSY (it is shutting down) has
+    answered everything it ran: after some answers of a batch, each request
+    left gets a BUSY answer of its own (it did not run), in ``answers``.
+    True if so; False for any other closing error, or when nothing was answered
+    (``_connection_error``'s case: the whole batch may go elsewhere)."""
+    if not answers or resp.code != _BUSY:
+        return False
+    for rid in ids:
+        if rid not in answers:
+            answers[rid] = Response(rid, False, None, resp.code, resp.message)
+    return True
+
+
 class _Attempts:
     """After a failed exchange, what next (sans-I/O): the same node again, the
     next node, or an error for the caller.
@@ -428,7 +442,12 @@ class _PipelineBase(_Commands):
 # Blocking client
 
 
+_BUSY = 17  # Err.BUSY
+
+
 class _SyncConn:
+    closed = False  # by the node, with BUSY: not to be used again
+
     def __init__(self, addr: tuple[str, int], connect_timeout: float, max_answer: int):
         self.addr = addr
         self.sock = socket.create_connection(addr, timeout=connect_timeout)
@@ -439,7 +458,7 @@ class _SyncConn:
 
     def stale(self) -> bool:
         """True if the node closed this idle connection (EOF or a last error waiting)."""
-        return _readable(self.sock.fileno())
+        return self.closed or _readable(self.sock.fileno())
 
     def exchange(self, requests: list[tuple[int, list]], timeout: float) -> list[Response]:
         ids, chunks = [], []
@@ -475,6 +494,9 @@ class _SyncConn:
                 raise ConnectionError("connection closed by the node")
             for resp in self.proto.feed(data):
                 if resp.id is None and not resp.ok:
+                    if _busy_rest(resp, answers, ids):
+                        self.closed = True
+                        break
                     raise _connection_error(resp, bool(answers))
                 if resp.id in wanted:
                     answers[resp.id] = resp
@@ -595,6 +617,7 @@ class _AsyncConn:
         self.recv_lock = trio.Lock()  # whoever holds it reads for everybody
         self.slots: dict[int, _Slot] = {}
         self.broken = False
+        self.closed_with: Response | None = None  # the node's last word (an answer with a nil id)
         self.server_info: dict = {}  # the node's HELLO answer
 
     def abandon(self) -> None:
@@ -667,16 +690,32 @@ class _AsyncConn:
                 async with self.recv_lock:
                     if slot.response is not None:
                         break
+                    if self.closed_with is not None:  # read by another task sharing the connection
+                        self._closed(slots)
+                        break
                     data = await self.stream.receive_some(262144)
                     if not data:
                         raise ConnectionError("connection closed by the node")
                     for resp in self.proto.feed(data):
                         if resp.id is None and not resp.ok:
-                            answered = any(s.response is not None for _, s in slots)
-                            raise _connection_error(resp, answered)
+                            self.closed_with = resp
+                            self.broken = True
+                            self._closed(slots)
+                            break
                         waiting = self.slots.pop(resp.id, None)
                         if waiting is not None:
                             waiting.response = resp
+
+    def _closed(self, slots: list[tuple[int, _Slot]]) -> None:
+        """Our requests' fate when the node has closed the connection
+        (``closed_with``): BUSY answers for those left after some were
+        answered (``_busy_rest``), else ``_connection_error`` raised."""
+        resp = self.closed_with
+        answers = {rid: slot.response for rid, slot in slots if slot.response is not None}
+        if not _busy_rest(resp, answers, [rid for rid, _ in slots]):
+            raise _connection_error(resp, bool(answers))
+        for rid, slot in slots:
+            slot.response = answers[rid]
 
 
 class AsyncClient(_ClientBase):

@@ -149,3 +149,78 @@ async def test_a_batch_arriving_as_the_drain_closes_its_connection_runs_wholly_o
         assert answers[-1].id is None and answers[-1].code == int(Err.BUSY)
         ran = int(server.node.store.get(b"s", server.clock()).values().get(b"n", b"0"))
         assert [x.id for x in answers[:-1]] == list(range(1, ran + 1)), f"{ran} INCs ran, answers: {len(answers) - 1}"
+
+
+class _ShuttingDownNode:
+    """A fake node on loopback, in a thread: one connection; HELLO answered,
+    then the first request of the next batch answered, then the connection
+    closed as a node shutting down closes it (a BUSY with a nil id: the rest
+    did not run). Bounded: it gives up after 10 s."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(10)
+        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        from protocol.codec import Encoder, decode_request
+
+        enc = Encoder()
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(10)
+            decoder = FrameDecoder()
+
+            def next_request():
+                while (body := decoder.next_frame()) is None:
+                    data = conn.recv(65536)
+                    if not data:
+                        return None
+                    decoder.feed(data)
+                return decode_request(body)
+
+            rid, _, _ = next_request()
+            conn.sendall(enc.ok(rid, {"version": 1, "server": "fake", "max_frame": 4194304}))
+            rid, _, _ = next_request()
+            conn.sendall(enc.ok(rid, b"PONG") + enc.error(None, int(Err.BUSY), "node is shutting down: retry elsewhere"))
+            conn.shutdown(1)
+            while conn.recv(65536):
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(10)
+
+
+def test_the_blocking_client_takes_a_busy_close_after_some_answers_as_the_rest_not_run():
+    from protocol.client import Client, MsessionError
+
+    fake = _ShuttingDownNode()
+    try:
+        with Client(nodes=[fake.address]) as c:
+            first, *rest = c.pipeline().ping().ping().ping().execute(raise_on_error=False)
+        assert first is True or first == b"PONG"
+        assert [type(r) for r in rest] == [MsessionError, MsessionError] and {r.code for r in rest} == {"BUSY"}
+    finally:
+        fake.close()
+
+
+async def test_the_trio_client_takes_a_busy_close_after_some_answers_as_the_rest_not_run():
+    from protocol.client import MsessionError
+
+    fake = _ShuttingDownNode()
+    try:
+        async with AsyncClient(nodes=[fake.address]) as c:
+            first, *rest = await c.pipeline().ping().ping().ping().execute(raise_on_error=False)
+        assert first is True or first == b"PONG"
+        assert [type(r) for r in rest] == [MsessionError, MsessionError] and {r.code for r in rest} == {"BUSY"}
+    finally:
+        await trio.to_thread.run_sync(fake.close)

@@ -709,6 +709,17 @@ final class Client
                     if (!$answers && in_array($err->getErrorName(), ['BUSY', 'TIMEOUT'], true)) {
                         throw new NotExecuted($err);  // answers come in order: none of ours ran
                     }
+                    if ($err->getErrorName() === 'BUSY') {
+                        // A node shutting down answers what it ran, then BUSY: the rest
+                        // did not run. Each gets a BUSY answer (sent again elsewhere:
+                        // busyRetried()), and the connection is done.
+                        for ($i = 0; $i < $expected; $i++) {
+                            $answers[$i] ??= [0, [17, $err->getDetail()]];
+                        }
+                        ksort($answers);
+                        $this->drop();
+                        return $answers;
+                    }
                     throw $err;
                 }
             }

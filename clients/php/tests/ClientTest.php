@@ -326,6 +326,23 @@ final class ClientTest extends TestCase
         }
     }
 
+    public function testAfterANodeClosesWithBusyTheRestOfTheBatchGoesElsewhere(): void
+    {
+        // The first request ran on the node that shuts down (answered), the
+        // others did not (its nil-id BUSY): they go to the next node, once.
+        [$proc, $fake] = msession_fake_node(1, 'shutdown');
+        try {
+            $c = new Client("$fake," . msession_test_nodes());
+            $sid = 'shut-' . bin2hex(random_bytes(4));
+            $results = $c->pipeline()->ping()->create($sid)->set($sid, 'k', 'v')->get($sid, 'k')->execute();
+            $this->assertSame([true, true, true, 'v'], $results);
+            $this->assertNotSame($fake, $c->node());
+            $c->destroy($sid);
+        } finally {
+            msession_fake_stop($proc);
+        }
+    }
+
     public function testRequestTooLargeIsRefusedBeforeSending(): void
     {
         $s = msession_test_id();

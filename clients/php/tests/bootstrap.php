@@ -23,10 +23,10 @@ function msession_dead_port(): int
 
 /**
  * Starts tests/fake_node.php (see there) for $connections connections;
- * $busy: answer that many requests BUSY, then PONG.
+ * $busy: answer that many requests BUSY, then PONG; 'shutdown': see fake_node.php.
  * @return array{0: resource, 1: string} [proc_open handle (stop it with msession_fake_stop), "127.0.0.1:port"]
  */
-function msession_fake_node(int $connections, ?int $busy = null): array
+function msession_fake_node(int $connections, int|string|null $busy = null): array
 {
     $portFile = tempnam(sys_get_temp_dir(), 'fake');
     unlink($portFile);
