@@ -634,7 +634,9 @@ class Cluster:
         with it (``Node.adopt_lock``). ValueError if malformed (nothing merged)."""
         self._check_state(state)
         merged = self.node.store.merge_in(state[:8], now)
-        if len(state) == 9 and not self.node.adopt_lock(state[0], state[8], returned):  # (a lock is the id's)
+        if len(state) == 9 and not self.node.adopt_lock(state[0], state[8], returned) and not returned:
+            # (a lock is the id's, whatever became of the record; ours back from a failed
+            # handoff is not taken only when its lease ended meanwhile)
             self.counters["locks_not_adopted"] += 1
             self._log.info("a lock that came with session %r was not taken: held here by another key, "
                            "or a late copy of one that ended here", state[0])
