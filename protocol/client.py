@@ -360,13 +360,19 @@ class _ClientBase(_Commands):
         self.server_info: dict = {}
 
     def _candidates(self) -> Iterator[tuple[int, tuple[str, int]]]:
-        """The nodes in the order to try them, the current one first."""
+        """The nodes in the order to try them, the current one first (as it is
+        now: another task failing over meanwhile does not reorder them)."""
+        start = self._next
         for i in range(len(self.nodes)):
-            index = (self._next + i) % len(self.nodes)
+            index = (start + i) % len(self.nodes)
             yield index, self.nodes[index]
 
-    def _failed_over(self) -> None:
-        self._next = (self._next + 1) % len(self.nodes)
+    def _failed_over(self, addr: tuple[str, int] | None = None) -> None:
+        """The next node becomes the current one; with ``addr`` (the node that
+        failed), only if it is still the current one: tasks failing together
+        on one connection move on once."""
+        if addr is None or self.nodes[self._next] == addr:
+            self._next = (self._next + 1) % len(self.nodes)
 
 
 def _noconnect(errors: list[str]) -> MsessionError:
@@ -817,7 +823,7 @@ class AsyncClient(_ClientBase):
                     self._conn = None
                 await trio.aclose_forcefully(conn.stream)
                 if attempts.failed(exc) == attempts.NEXT:
-                    self._failed_over()
+                    self._failed_over(conn.addr)
                 continue
             except BaseException:
                 if own:

@@ -224,3 +224,4 @@ async def test_the_trio_client_takes_a_busy_close_after_some_answers_as_the_rest
         assert [type(r) for r in rest] == [MsessionError, MsessionError] and {r.code for r in rest} == {"BUSY"}
     finally:
         await trio.to_thread.run_sync(fake.close)
+

@@ -717,6 +717,9 @@ final class Client
                             $answers[$i] ??= [0, [17, $err->getDetail()]];
                         }
                         ksort($answers);
+                        if ($this->addr === $this->targets[$this->current]) {
+                            $this->failedOver();  // the rest goes to the next node first
+                        }
                         $this->drop();
                         return $answers;
                     }
