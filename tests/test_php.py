@@ -207,32 +207,23 @@ def test_farm_merge_mode_concurrent_requests_to_different_keys_lose_nothing(farm
     assert "Warning" not in log and "Fatal" not in log, log
 
 
-def test_farm_lock_mode_loses_nothing_while_a_member_joins_and_leaves(farms):
-    # Locked sessions move to a member that joins, and back when it leaves
-    # (SIGTERM: a rolling restart), while their users' AJAX bursts hold the
-    # locks: every update counts once and no request warns (a lock left
-    # behind on the old owner made the holder's unlock fail, and let a second
-    # request in at the new owner).
-    farm = farms(2, prefix="pj")
-    addresses = list(farm.addresses)  # the web servers know the first two members only
-    users, burst = 6, 4
+@contextmanager
+def ajax_load(servers, sids: list[str], burst: int = 4, max_rounds: int = 400):
+    """AJAX bursts from each user (session) while the block runs: ``burst``
+    requests at once, alternating web servers, each incrementing the session's
+    counter in lock mode and holding the lock 30 ms. Afterwards it checks that
+    a few rounds ran, that every update counted once, and that no request warned."""
+    answers = {sid: [1] for sid in sids}
     stop = threading.Event()
-    answers: dict[str, list[int]] = {}
-    later = Ring(["pj1", "pj2", "pj3"])
-    with web_farm(addresses, "lock") as servers, ThreadPoolExecutor(users * burst + 1) as pool:
-        made = [get(servers[0], None, key="n")["sid"] for _ in range(60)]
-        moving = [sid for sid in made if later.owner(sid.encode()) == "pj3"]
-        assert len(moving) >= users // 2  # (about 20 expected)
-        sids = moving[: users // 2] + [sid for sid in made if sid not in moving][: users - users // 2]
-        for sid in sids:
-            answers[sid] = [1]
 
-        def ajax(sid: str, i: int) -> int:
-            return get(servers[i % 2], sid, key="n", sleep=30)["value"]
+    def ajax(sid: str, i: int) -> int:
+        return get(servers[i % 2], sid, key="n", sleep=30)["value"]
+
+    with ThreadPoolExecutor(len(sids) * burst + 1) as pool:
 
         def drive() -> int:
             rounds = 0
-            while not stop.is_set() and rounds < 200:  # bounded
+            while not stop.is_set() and rounds < max_rounds:  # bounded
                 futures = [(sid, pool.submit(ajax, sid, i)) for sid in sids for i in range(burst)]
                 for sid, f in futures:
                     answers[sid].append(f.result(timeout=60))
@@ -241,6 +232,32 @@ def test_farm_lock_mode_loses_nothing_while_a_member_joins_and_leaves(farms):
 
         driver = pool.submit(drive)
         try:
+            yield answers
+        finally:
+            stop.set()
+            rounds = driver.result(timeout=120)
+    log = b"".join(s.log for s in servers).decode(errors="replace")
+    assert rounds >= 3
+    for sid, values in answers.items():
+        assert sorted(values) == list(range(1, len(values) + 1)), f"{sid}: {sorted(values)}\n{log}"
+    assert "Warning" not in log and "Fatal" not in log, log
+
+
+def test_farm_lock_mode_loses_nothing_while_a_member_joins_and_leaves(farms):
+    # Locked sessions move to a member that joins, and back when it leaves
+    # (SIGTERM: a rolling restart), while their users' AJAX bursts hold the
+    # locks: every update counts once and no request warns (a lock left
+    # behind on the old owner made the holder's unlock fail, and let a second
+    # request in at the new owner).
+    farm = farms(2, prefix="pj")
+    later = Ring(["pj1", "pj2", "pj3"])
+    users = 6
+    with web_farm(list(farm.addresses), "lock") as servers:  # the first two members only
+        made = [get(servers[0], None, key="n")["sid"] for _ in range(60)]
+        moving = [sid for sid in made if later.owner(sid.encode()) == "pj3"]
+        assert len(moving) >= users // 2  # (about 20 expected)
+        sids = moving[: users // 2] + [sid for sid in made if sid not in moving][: users - users // 2]
+        with ajax_load(servers, sids):
             time.sleep(0.5)
             joiner = farm.add(name="pj3")
             farm.wait_converged()
@@ -250,14 +267,6 @@ def test_farm_lock_mode_loses_nothing_while_a_member_joins_and_leaves(farms):
             farm.nodes.remove(joiner)
             farm.wait_converged()
             time.sleep(0.5)
-        finally:
-            stop.set()
-            rounds = driver.result(timeout=120)
-        log = b"".join(s.log for s in servers).decode(errors="replace")
-    assert rounds >= 3
-    for sid, values in answers.items():
-        assert sorted(values) == list(range(1, len(values) + 1)), f"{sid}: {sorted(values)}\n{log}"
-    assert "Warning" not in log and "Fatal" not in log, log
 
 
 def local_sessions(node) -> int:
@@ -271,26 +280,9 @@ def test_farm_lock_mode_loses_nothing_in_a_rolling_restart(farms):
     # each web server lists every member, so its requests reach a member as
     # it drains; every update counts once and no request warns.
     farm = farms(3, prefix="pr")
-    users, burst = 6, 4
-    stop = threading.Event()
-    with web_farm(list(farm.addresses), "lock") as servers, ThreadPoolExecutor(users * burst + 1) as pool:
-        sids = [get(servers[0], None, key="n")["sid"] for _ in range(users)]
-        answers = {sid: [1] for sid in sids}
-
-        def ajax(sid: str, i: int) -> int:
-            return get(servers[i % 2], sid, key="n", sleep=30)["value"]
-
-        def drive() -> int:
-            rounds = 0
-            while not stop.is_set() and rounds < 400:  # bounded
-                futures = [(sid, pool.submit(ajax, sid, i)) for sid in sids for i in range(burst)]
-                for sid, f in futures:
-                    answers[sid].append(f.result(timeout=60))
-                rounds += 1
-            return rounds
-
-        driver = pool.submit(drive)
-        try:
+    with web_farm(list(farm.addresses), "lock") as servers:
+        sids = [get(servers[0], None, key="n")["sid"] for _ in range(6)]
+        with ajax_load(servers, sids):
             for old in list(farm.nodes):
                 time.sleep(0.3)
                 old.stop(signal.SIGTERM)
@@ -299,11 +291,3 @@ def test_farm_lock_mode_loses_nothing_in_a_rolling_restart(farms):
                 farm.add("--port", str(old.port), name=old.name)
                 farm.wait_converged()
             time.sleep(0.3)
-        finally:
-            stop.set()
-            rounds = driver.result(timeout=120)
-        log = b"".join(s.log for s in servers).decode(errors="replace")
-    assert rounds >= 3
-    for sid, values in answers.items():
-        assert sorted(values) == list(range(1, len(values) + 1)), f"{sid}: {sorted(values)}\n{log}"
-    assert "Warning" not in log and "Fatal" not in log, log
