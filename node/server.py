@@ -316,6 +316,7 @@ class Server:
         timer = conn.timer
         decoder = conn.decoder
         now = trio.lowlevel.current_clock().current_time  # trio.current_time() without its two wrappers
+        expired = False
         with conn.scope:
             while True:
                 conn.idle = True
@@ -326,8 +327,14 @@ class Server:
                 if not data:
                     conn.eof = True
                     return
+                t = now()
+                if t >= conn.scope.deadline:
+                    # The deadline passed as these bytes came: none of them runs (the
+                    # TIMEOUT below says so), rather than part of them before it cuts in.
+                    expired = True
+                    break
                 decoder.feed(data)
-                if timer.received(now(), decoder):
+                if timer.received(t, decoder):
                     conn.scope.deadline = timer.deadline
                 answered = await self._run_frames(conn)
                 if answered < 0 or conn.eof:
@@ -339,7 +346,7 @@ class Server:
             # since did not run, and the BUSY before it says so.
             await self._send_and_close(conn, self._encoder.error(None, Err.BUSY, "node is shutting down: retry elsewhere"))
             return
-        if conn.scope.cancelled_caught:
+        if expired or conn.scope.cancelled_caught:
             self.counters.timeouts += 1
             if conn.cut:
                 # The client stopped reading in the middle of an answer: a

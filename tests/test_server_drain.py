@@ -1,6 +1,6 @@
 """A node stopping on SIGTERM (``Server.drain``), and how a member link takes
 a member that leaves: every client gets either its answer or a BUSY that says
-its request did not run."""
+its request did not run (and a TIMEOUT close, the same)."""
 
 import trio
 
@@ -225,3 +225,34 @@ async def test_the_trio_client_takes_a_busy_close_after_some_answers_as_the_rest
     finally:
         await trio.to_thread.run_sync(fake.close)
 
+
+
+async def test_a_batch_arriving_as_the_idle_deadline_passes_runs_wholly_or_not_at_all(nursery, mock_clock):
+    # The same race with the idle deadline: the bytes and the deadline come
+    # in one scheduler pass. The batch must not run in part and then be
+    # closed with TIMEOUT (which clients take for "nothing ran").
+    import socket
+
+    mock_clock.rate = 1.0  # real time, until we jump
+    server = await start_server(nursery, idle_timeout=30)
+    async with AsyncClient(*server.ports[0]) as a:
+        await a.create("s")
+    batch = b"".join(encode_request(i, Cmd.INC, [b"s", b"n"]) for i in range(1, 201))
+    sock = socket.create_connection(server.ports[0])
+    sock.setblocking(False)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    async with stream:
+        await wait_until(lambda: len(server._conns) == 1 and next(iter(server._conns)).idle)
+        assert sock.send(batch) == len(batch)
+        mock_clock.jump(45)  # past the idle deadline (1.25 x 30 s), no checkpoint between the bytes and it
+        decoder, answers = FrameDecoder(1 << 24), []
+        with trio.fail_after(10):  # until it closes, or has answered all
+            while sum(x.id is not None for x in answers) < 200 and (chunk := await stream.receive_some(1 << 20)):
+                decoder.feed(chunk)
+                while (body := decoder.next_frame()) is not None:
+                    answers.append(parse_response(body))
+    ran = int(server.node.store.get(b"s", server.clock()).values().get(b"n", b"0"))
+    assert [x.id for x in answers if x.id is not None] == list(range(1, ran + 1)), f"{ran} INCs ran"
+    assert ran in (0, 200), ran
+    if ran == 0:  # closed, and said why: nothing ran
+        assert answers[-1].id is None and answers[-1].code == int(Err.TIMEOUT)
