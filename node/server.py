@@ -44,6 +44,7 @@ SEND_THRESHOLD = 256 * 1024
 YIELD_EVERY = 64  # requests answered in a row before other connections get a turn
 DRAIN_POLL = 0.02  # seconds between two looks for connections drain() may close
 DRAIN_TIMEOUT = 5.0  # seconds a node stopping on SIGTERM lets requests in progress finish
+SHUTDOWN_BUDGET = 9.0  # seconds for leave and drain together (launchers SIGKILL after 10: node/farm.py)
 
 
 class Counters:
@@ -153,7 +154,19 @@ _wait_readable = trio.lowlevel.wait_readable
 _FWD, _HELLO, _SLOCK = int(Cmd.FWD), int(Cmd.HELLO), int(Cmd.SLOCK)
 
 _LEFT = object()  # the client went away while its request ran elsewhere
+_STOPPING = "node is shutting down: retry elsewhere"
 MAX_LOCK_MOVES = 3  # times a waiting SLOCK follows its lock to another member before it answers BUSY
+
+
+class _NotRun:
+    """An SLOCK that is not to wait here, nor anywhere through us (the node is
+    stopping, or the lock kept moving): the connection closes with a BUSY
+    saying so, so the client sends it, and the rest of its batch, elsewhere."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        self.message = message
 
 
 class _Moved:
@@ -190,6 +203,7 @@ class Server:
         self._encoder = Encoder()
         self._listeners: list[socket.socket] = []
         self._conns: set[_Conn] = set()
+        self._remote_waits: set[trio.CancelScope] = set()  # SLOCKs waiting on other members
         self.draining = False
         self.node.info_providers.append(self._info)
 
@@ -240,15 +254,18 @@ class Server:
         with BUSY, and each open one is closed with BUSY as soon as it is
         between requests (nothing of it running, no frame half received), so
         its client gets either the answer to a request or a BUSY saying that
-        it did not run. A locker waiting here is answered BUSY at once (it
-        did not get the lock); a request waiting on another member (a lock
-        there, say) gets its answer first. Returns when every connection is
-        closed, or after ``timeout`` seconds (the rest are then cut by the
-        caller)."""
+        it did not run. A lock wait, here or through us on another member,
+        ends at once: its connection closes with that BUSY after the answers
+        before it (the client sends the SLOCK and the rest of its batch
+        elsewhere). A request forwarded to another member gets its answer
+        first. Returns when every connection is closed, or after ``timeout``
+        seconds (the rest are then cut by the caller)."""
         self.draining = True
         for waiter in self.node.locks.all_waiters():  # a lock wait here ends now, with BUSY
             if waiter.handle is not None:
                 waiter.handle()
+        for scope in self._remote_waits:  # and one through us on another member
+            scope.cancel()
         with trio.move_on_after(timeout):
             while self._conns:
                 for conn in self._conns:
@@ -294,7 +311,7 @@ class Server:
         conn = _Conn(sock, addr, self.config)
         if self.draining:
             self.counters.connections_refused += 1
-            await self._send_and_close(conn, self._encoder.error(None, Err.BUSY, "node is shutting down: retry elsewhere"))
+            await self._send_and_close(conn, self._encoder.error(None, Err.BUSY, _STOPPING))
             return
         if self.connections >= self.config.max_connections:
             self.counters.connections_refused += 1
@@ -344,7 +361,7 @@ class Server:
         if self.draining and conn.idle and conn.scope.cancel_called:
             # Closed between requests by drain(): whatever the client sent
             # since did not run, and the BUSY before it says so.
-            await self._send_and_close(conn, self._encoder.error(None, Err.BUSY, "node is shutting down: retry elsewhere"))
+            await self._send_and_close(conn, self._encoder.error(None, Err.BUSY, _STOPPING))
             return
         if expired or conn.scope.cancelled_caught:
             self.counters.timeouts += 1
@@ -405,6 +422,9 @@ class Server:
                     result = await self._remote(conn, step, cmd == _SLOCK, args)
                     if result is _LEFT:
                         return -1
+                    if type(result) is _NotRun:  # (its answers so far are out)
+                        await self._send_and_close(conn, encoder.error(None, Err.BUSY, result.message))
+                        return -1
                     if result is RUN_LOCAL:
                         step = None
                 if step is None:
@@ -418,6 +438,9 @@ class Server:
                     result = await self._lock(conn, result, _drain(out), args, hops)  # answers so far go first
                     if result is None:
                         return -1  # the client left while waiting
+                    if type(result) is _NotRun:  # (its answers so far are out)
+                        await self._send_and_close(conn, encoder.error(None, Err.BUSY, result.message))
+                        return -1
                 answer = ok(rid, result)
             except ConnectionError:
                 raise
@@ -484,6 +507,8 @@ class Server:
             if type(result) is outcome.Value and type(result.value) is int:
                 self.cluster.release_lock(args, result.value)
             return _LEFT
+        if self.draining and (result is None or (type(result) is outcome.Error and isinstance(result.error, trio.Cancelled))):
+            return _NotRun(_STOPPING)  # drain() ended the wait: the client asks elsewhere
         return result.unwrap()
 
     async def _watching(self, conn: _Conn, fn: Callable) -> tuple[bool, Any]:
@@ -493,20 +518,28 @@ class Server:
         result = None
         left = False
         with conn.deadline_lifted():  # the wait has its own limit
-            async with trio.open_nursery() as nursery:
+            scope = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    scope = nursery.cancel_scope
+                    self._remote_waits.add(scope)  # drain() ends it
+                    if self.draining:
+                        scope.cancel()
 
-                async def run() -> None:
-                    nonlocal result
-                    result = await outcome.acapture(fn)
-                    nursery.cancel_scope.cancel()
+                    async def run() -> None:
+                        nonlocal result
+                        result = await outcome.acapture(fn)
+                        nursery.cancel_scope.cancel()
 
-                async def watch() -> None:
-                    nonlocal left
-                    left = await self._watch_eof(conn)
-                    nursery.cancel_scope.cancel()
+                    async def watch() -> None:
+                        nonlocal left
+                        left = await self._watch_eof(conn)
+                        nursery.cancel_scope.cancel()
 
-                nursery.start_soon(run)
-                nursery.start_soon(watch)
+                    nursery.start_soon(run)
+                    nursery.start_soon(watch)
+            finally:
+                self._remote_waits.discard(scope)
         return left, result
 
     async def _watch_eof(self, conn: _Conn) -> bool:
@@ -524,11 +557,14 @@ class Server:
     async def _lock(self, conn: _Conn, lw: LockWait, flush: bytes, args: list, hops: int) -> Any:
         """Waits for a queued lock (``_wait_for_lock``); if the lock moves to
         another member with its session meanwhile, asks there for the wait
-        left, as a request routed afresh. The key, or None if the client left."""
+        left, as a request routed afresh. The key, None if the client left, or
+        ``_NotRun`` (the node is stopping, or the lock kept moving)."""
         for moves in range(MAX_LOCK_MOVES + 1):
             result = await self._wait_for_lock(conn, lw, flush)
             if type(result) is not _Moved:
                 return result
+            if self._stopping():
+                return _NotRun(_STOPPING)  # not a wait through a member that goes away
             if moves == MAX_LOCK_MOVES:
                 break
             flush = b""
@@ -544,14 +580,18 @@ class Server:
             if type(result) is not LockWait:
                 return result
             lw = result
-        raise CommandError("BUSY", "the session's lock kept moving between members while we waited: retry")
+        return _NotRun("the session's lock kept moving between members while we waited: retry")
+
+    def _stopping(self) -> bool:
+        return self.draining or (self.cluster is not None and self.cluster.leaving)
 
     async def _wait_for_lock(self, conn: _Conn, lw: LockWait, flush: bytes) -> Any:
         """Sends ``flush`` (earlier answers), then waits for a queued lock while
         watching the connection for EOF.
 
         Returns the key, None if the client went away, ``_Moved`` if the lock
-        moved to another member with its session, or raises LOCKED. On
+        moved to another member with its session, ``_NotRun`` if the node
+        drains (no waiting on a node that stops), or raises LOCKED. On
         every other way out the waiter leaves the queue, or hands on a lock
         granted to it meanwhile: a lock is never left to a client that will not
         hear of it.
@@ -578,7 +618,7 @@ class Server:
             if waiter.moved:
                 return _Moved(scope.deadline - trio.current_time())
             if not waiter.key and self.draining:
-                raise CommandError("BUSY", "node is shutting down: the lock was not taken; retry elsewhere")
+                return _NotRun(_STOPPING)
             if not waiter.key:
                 raise CommandError("LOCKED", f"session still locked after waiting {lw.wait:g} s")
             delivered = True
@@ -699,9 +739,10 @@ async def _main(config: Config) -> None:
             await start_node(nursery, server)
             async for signum in signals:
                 log.info("received %s: shutting down", signal.Signals(signum).name)
+                end = trio.current_time() + SHUTDOWN_BUDGET
                 if cluster is not None:
-                    with trio.move_on_after(10):
+                    with trio.move_on_at(end - 1.0):  # (its own plan takes about 2 to 7 s)
                         await cluster.leave()
-                await server.drain(DRAIN_TIMEOUT)
+                await server.drain(min(DRAIN_TIMEOUT, end - trio.current_time()))
                 nursery.cancel_scope.cancel()
                 break

@@ -279,3 +279,44 @@ async def test_a_locked_session_whose_handoff_fails_keeps_its_lock_here():
     assert sorted(len(state) for state in tried) == [9, 9]  # each went with its lock
     assert len(node.store) == 2
     assert node.locks.holder(mine) == key and node.locks.holder(came) == 4242
+
+
+def test_lockers_waiting_on_or_through_a_member_that_leaves_wait_on_elsewhere(farms):
+    # Two lockers wait through m1, which is SIGTERMed: one for a lock m1
+    # holds (it moves to m2 with its session), one for a lock m2 holds (the
+    # wait went through m1). Neither gets an error: each is told its SLOCK did
+    # not run and asks m2, where it gets the lock once the holder unlocks.
+    farm = farms(2, prefix="lw")
+    m1, m2 = farm.nodes
+    names = [m1.name, m2.name]
+    on_m1 = owned_by(names, m1.name, 1, "lw")[0]
+    on_m2 = owned_by(names, m2.name, 1, "lw")[0]
+    got: dict = {}
+
+    def locker(sid: str) -> None:
+        with Client(nodes=[m1.address, m2.address], timeout=30) as c:
+            try:
+                got[sid] = c.lock(sid, wait=25)
+            except MsessionError as exc:
+                got[sid] = exc.code
+
+    with Client(nodes=[m2.address]) as holder:
+        for sid in (on_m1, on_m2):
+            holder.create(sid)  # (a lock moves with its session: an id without one keeps its lock behind)
+        keys = {sid: holder.lock(sid, wait=0, lease=60) for sid in (on_m1, on_m2)}
+        threads = [threading.Thread(target=locker, args=(sid,)) for sid in (on_m1, on_m2)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: second_info(m1)["lock_waiters"] + second_info(m2)["lock_waiters"] == 2, 10,
+                     "both lockers to wait")
+            m1.stop(signal.SIGTERM)
+            farm.nodes.remove(m1)
+            wait_for(lambda: second_info(m2)["lock_waiters"] == 2, 15, "both lockers to wait on m2")
+            assert got == {}
+            for sid, key in keys.items():
+                assert holder.unlock(sid, key) == key
+        finally:
+            for t in threads:
+                t.join(30)
+    assert len(got) == 2 and all(type(v) is int for v in got.values()), got
