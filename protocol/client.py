@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Iterator
 import trio
 
 from .codec import ClientProtocol, ProtocolError, Response
-from .constants import DEFAULT_MAX_FRAME, DEFAULT_PORT, PROTOCOL_VERSION, Cmd, Ctl, error_name
+from .constants import DEFAULT_MAX_FRAME, DEFAULT_PORT, PROTOCOL_VERSION, Cmd, Ctl, Err, error_name
 
 __all__ = ["Client", "AsyncClient", "MsessionError", "parse_node"]
 
@@ -271,7 +271,7 @@ def _busy_rest(resp: Response, answers: dict[int, Response], ids: Iterable[int])
     left gets a BUSY answer of its own (it did not run), in ``answers``.
     True if so; False for any other closing error, or when nothing was answered
     (``_connection_error``'s case: the whole batch may go elsewhere)."""
-    if not answers or resp.code != _BUSY:
+    if not answers or resp.code != Err.BUSY:
         return False
     for rid in ids:
         if rid not in answers:
@@ -446,9 +446,6 @@ class _PipelineBase(_Commands):
 
 # =============================================================================
 # Blocking client
-
-
-_BUSY = 17  # Err.BUSY
 
 
 class _SyncConn:
