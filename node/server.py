@@ -155,7 +155,7 @@ _FWD, _HELLO, _SLOCK = int(Cmd.FWD), int(Cmd.HELLO), int(Cmd.SLOCK)
 
 _LEFT = object()  # the client went away while its request ran elsewhere
 _STOPPING = "node is shutting down: retry elsewhere"
-MAX_LOCK_MOVES = 3  # times a waiting SLOCK follows its lock to another member before it answers BUSY
+MAX_LOCK_MOVES = 3  # times a waiting SLOCK follows its lock to another member before its connection closes with BUSY
 
 
 class _NotRun:
@@ -423,7 +423,7 @@ class Server:
                     if result is _LEFT:
                         return -1
                     if type(result) is _NotRun:  # (its answers so far are out)
-                        await self._send_and_close(conn, encoder.error(None, Err.BUSY, result.message))
+                        await self._close_not_run(conn, result)
                         return -1
                     if result is RUN_LOCAL:
                         step = None
@@ -439,7 +439,7 @@ class Server:
                     if result is None:
                         return -1  # the client left while waiting
                     if type(result) is _NotRun:  # (its answers so far are out)
-                        await self._send_and_close(conn, encoder.error(None, Err.BUSY, result.message))
+                        await self._close_not_run(conn, result)
                         return -1
                 answer = ok(rid, result)
             except ConnectionError:
@@ -502,7 +502,7 @@ class Server:
         a granted key its client never hears of must be released."""
         if not waits:
             return await step()
-        left, result = await self._watching(conn, step)
+        left, result = await self._watching(conn, step, lock_may_wait(_SLOCK, args))
         if left:
             if type(result) is outcome.Value and type(result.value) is int:
                 self.cluster.release_lock(args, result.value)
@@ -511,20 +511,22 @@ class Server:
             return _NotRun(_STOPPING)  # drain() ended the wait: the client asks elsewhere
         return result.unwrap()
 
-    async def _watching(self, conn: _Conn, fn: Callable) -> tuple[bool, Any]:
+    async def _watching(self, conn: _Conn, fn: Callable, waits: bool) -> tuple[bool, Any]:
         """Runs ``fn`` while reading ahead on the connection, whose own
         deadline is lifted meanwhile: (did the client leave, ``fn``'s outcome
-        or None). If the client leaves, ``fn`` is cancelled."""
+        or None). If the client leaves, ``fn`` is cancelled; if it ``waits``
+        (a lock wait), drain() cancels it too."""
         result = None
         left = False
         with conn.deadline_lifted():  # the wait has its own limit
             scope = None
             try:
                 async with trio.open_nursery() as nursery:
-                    scope = nursery.cancel_scope
-                    self._remote_waits.add(scope)  # drain() ends it
-                    if self.draining:
-                        scope.cancel()
+                    if waits:
+                        scope = nursery.cancel_scope
+                        self._remote_waits.add(scope)  # drain() ends it
+                        if self.draining:
+                            scope.cancel()
 
                     async def run() -> None:
                         nonlocal result
@@ -581,6 +583,15 @@ class Server:
                 return result
             lw = result
         return _NotRun("the session's lock kept moving between members while we waited: retry")
+
+    async def _close_not_run(self, conn: _Conn, not_run: _NotRun) -> None:
+        """Closes with a connection-level BUSY: nothing unanswered ran. A
+        member's requests being answered out of order finish first (a member
+        sends a waiting SLOCK on a link of its own, so there are none today)."""
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            while conn.later:
+                await trio.sleep(DRAIN_POLL)
+        await self._send_and_close(conn, self._encoder.error(None, Err.BUSY, not_run.message))
 
     def _stopping(self) -> bool:
         return self.draining or (self.cluster is not None and self.cluster.leaving)

@@ -310,8 +310,9 @@ def test_lockers_waiting_on_or_through_a_member_that_leaves_wait_on_elsewhere(fa
         try:
             wait_for(lambda: second_info(m1)["lock_waiters"] + second_info(m2)["lock_waiters"] == 2, 10,
                      "both lockers to wait")
-            m1.stop(signal.SIGTERM)
+            assert m1.stop(signal.SIGTERM) == 0  # (within the launcher's 10 s: not killed)
             farm.nodes.remove(m1)
+            assert "Traceback" not in m1.read_log(), m1.read_log()
             wait_for(lambda: second_info(m2)["lock_waiters"] == 2, 15, "both lockers to wait on m2")
             assert got == {}
             for sid, key in keys.items():

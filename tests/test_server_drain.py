@@ -257,3 +257,22 @@ async def test_a_batch_arriving_as_the_idle_deadline_passes_runs_wholly_or_not_a
     assert ran in (0, 200), ran
     if ran == 0:  # closed, and said why: nothing ran
         assert answers[-1].id is None and answers[-1].code == int(Err.TIMEOUT)
+
+
+async def test_a_batch_with_a_waiting_lock_answers_up_to_the_lock_then_closes_busy(nursery):
+    # [PING, SLOCK (held elsewhere, may wait), CREATE]: the drain ends the wait;
+    # the PING's answer comes, then the BUSY, and neither the SLOCK nor the
+    # CREATE after it ran.
+    server = await start_server(nursery)
+    addr = server.ports[0]
+    async with AsyncClient(*addr) as a:
+        await a.lock("s", lease=30)
+    stream = await trio.open_tcp_stream(*addr)
+    await stream.send_all(encode_request(1, Cmd.PING, []) + encode_request(2, Cmd.SLOCK, [b"s", 10000])
+                          + encode_request(3, Cmd.CREATE, [b"after"]))
+    await wait_until(lambda: server.node.locks.waiting() == 1)
+    nursery.start_soon(server.drain, 10)
+    answers = await read_answers(stream, 2)
+    assert [(x.id, x.ok) for x in answers] == [(1, True), (None, False)] and answers[1].code == int(Err.BUSY)
+    assert await stream.receive_some(100) == b""
+    assert server.node.store.get(b"after", server.clock()) is None and server.node.locks.waiting() == 0
