@@ -112,10 +112,26 @@ class LockTable:
         if lock is not None:
             return 0
         key = _new_key()
-        self._locks[sid] = lock = _Lock(key, now + lease)
-        lock.entry = entry = (now + lease, sid, key)
-        heapq.heappush(self._leases, entry)
+        self._install(sid, key, now + lease)
         return key
+
+    def _install(self, sid: bytes, key: int, deadline: float) -> _Lock:
+        """A lock held by ``key`` until ``deadline``, with its lease-heap entry."""
+        self._locks[sid] = lock = _Lock(key, deadline)
+        lock.entry = entry = (deadline, sid, key)
+        heapq.heappush(self._leases, entry)
+        return lock
+
+    def _forget(self, sid: bytes, lock: _Lock) -> None:
+        """Removes a lock from the table; its lease-heap entry goes at once if
+        it is the heap's last element, else when its time comes (compacted
+        when stale entries pile up)."""
+        del self._locks[sid]
+        leases, entry = self._leases, lock.entry
+        if entry is not None and leases and leases[-1] is entry:
+            leases.pop()  # the last element: the heap stays a heap
+        elif len(leases) > 2 * len(self._locks) + _COMPACT_SLACK:
+            self._compact()  # stale entries of locks freed out of order: amortised O(1)
 
     def enqueue(self, sid: bytes, waiter: Waiter) -> None:
         lock = self._locks.get(sid)
@@ -165,14 +181,10 @@ class LockTable:
         waiters marked ``moved``; ``(None, [])`` if it is free. ``moves``
         counts the lock's moves, this one included. Call ``expire`` first: a
         lease that ran out is not given (it passes on here)."""
-        lock = self._locks.pop(sid, None)
+        lock = self._locks.get(sid)
         if lock is None:
             return None, []
-        entry = lock.entry
-        if entry is not None and self._leases and self._leases[-1] is entry:
-            self._leases.pop()
-        elif len(self._leases) > 2 * len(self._locks) + _COMPACT_SLACK:
-            self._compact()
+        self._forget(sid, lock)
         moves = lock.moves + 1
         self._end(lock.key, now, moves, lock.deadline)
         waiters = list(lock.waiters)
@@ -203,10 +215,7 @@ class LockTable:
                     return False
         elif ended is not None and moves <= ended[1]:
             return False
-        self._locks[sid] = lock = _Lock(key, deadline)
-        lock.moves = moves
-        lock.entry = entry = (deadline, sid, key)
-        heapq.heappush(self._leases, entry)
+        self._install(sid, key, deadline).moves = moves
         return True
 
     def _end(self, key: int, now: float, moves: int, deadline: float) -> None:
@@ -246,11 +255,7 @@ class LockTable:
             self._end(lock.key, now, lock.moves, lock.deadline)
             lock.moves = 0  # (a waiter gets a new key)
         if not lock.waiters:
-            del self._locks[sid]
-            if entry is not None and leases[-1] is entry:
-                leases.pop()  # the last element: the heap stays a heap
-            elif len(leases) > 2 * len(self._locks) + _COMPACT_SLACK:
-                self._compact()  # stale entries of locks freed out of order: amortised O(1)
+            self._forget(sid, lock)
             return []
         waiter = lock.waiters.popleft()
         waiter.key = lock.key = _new_key()
