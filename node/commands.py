@@ -487,9 +487,7 @@ class Node:
         mono = self.lock_clock()
         self.wake(self.locks.expire(mono))  # a lease that ran out passes on here, not there
         wire, waiters = self.locks.give_up(sid, mono)
-        for waiter in waiters:
-            if waiter.handle is not None:
-                waiter.handle()
+        self.wake(waiters)
         return wire
 
     def adopt_lock(self, sid: bytes, wire: Any, returned: bool = False) -> bool:
@@ -512,10 +510,13 @@ class Node:
             raise ValueError("malformed lock")
         return key, lease_ms, moves
 
-    def unlock_abandoned(self, sid: bytes, key: int) -> None:
-        """Hands on a lock granted to a client that will never hear of it."""
-        if self.locks.holder(sid) == key:
-            self.wake(self.locks.release(sid, key, self.lock_clock()))
+    def unlock_abandoned(self, sid: bytes, key: int) -> bool:
+        """Hands on a lock granted to a client that will never hear of it;
+        False if this node does not hold it (it may have moved on)."""
+        if self.locks.holder(sid) != key:
+            return False
+        self.wake(self.locks.release(sid, key, self.lock_clock()))
+        return True
 
     def wake(self, granted: list[Waiter]) -> None:
         for waiter in granted:

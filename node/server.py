@@ -333,23 +333,20 @@ class Server:
         timer = conn.timer
         decoder = conn.decoder
         now = trio.lowlevel.current_clock().current_time  # trio.current_time() without its two wrappers
-        expired = False
         with conn.scope:
             while True:
                 conn.idle = True
                 data = await conn.recv()
-                if self.draining and conn.scope.cancel_called:
-                    break  # drain() closed it as these bytes came: none of them runs (the BUSY below says so)
+                t = now()
+                if t >= conn.scope.deadline or (self.draining and conn.scope.cancel_called):
+                    # Closed (deadline passed, or drain()) as these bytes came: none of
+                    # them runs, and the TIMEOUT or BUSY below says so, rather than
+                    # part of them running before the cancellation cuts in.
+                    break
                 conn.idle = False
                 if not data:
                     conn.eof = True
                     return
-                t = now()
-                if t >= conn.scope.deadline:
-                    # The deadline passed as these bytes came: none of them runs (the
-                    # TIMEOUT below says so), rather than part of them before it cuts in.
-                    expired = True
-                    break
                 decoder.feed(data)
                 if timer.received(t, decoder):
                     conn.scope.deadline = timer.deadline
@@ -358,12 +355,12 @@ class Server:
                     return
                 if timer.answered(now, decoder.pending):
                     conn.scope.deadline = timer.deadline
+        # Out of the loop only by its break or a cancellation: the deadline, or drain().
         if self.draining and conn.idle and conn.scope.cancel_called:
             # Closed between requests by drain(): whatever the client sent
             # since did not run, and the BUSY before it says so.
             await self._send_and_close(conn, self._encoder.error(None, Err.BUSY, _STOPPING))
-            return
-        if expired or conn.scope.cancelled_caught:
+        else:
             self.counters.timeouts += 1
             if conn.cut:
                 # The client stopped reading in the middle of an answer: a
@@ -638,10 +635,8 @@ class Server:
             waiter.handle = None
             if not delivered:
                 if waiter.key:
-                    if self.node.locks.holder(lw.sid) == waiter.key or self.cluster is None:
-                        self.node.unlock_abandoned(lw.sid, waiter.key)
-                    else:  # it moved to another member with its session meanwhile
-                        self.cluster.release_lock([lw.sid], waiter.key)
+                    if not self.node.unlock_abandoned(lw.sid, waiter.key) and self.cluster is not None:
+                        self.cluster.release_lock([lw.sid], waiter.key)  # it moved on with its session
                 else:
                     self.node.locks.cancel(lw.sid, waiter)
 

@@ -160,9 +160,6 @@ class Store:
         self._sessions: dict[bytes, Session] = {}
         self._buckets: dict[int, set[bytes]] = {}
         self._bucket_heap: list[int] = []
-        # The bucket count() last found ``now`` in, and a heap of (deadline, id)
-        # holding at least one entry, no later than its deadline, per session
-        # in it (see the module's docstring).
         self.expired_total = 0
         self.hook_errors = 0
         # Recently dropped ids and the version of the drop: a copy of the
@@ -183,8 +180,7 @@ class Store:
         atime = s.atime
         if atime + s.timeout <= now:
             self._remove(s)
-            self.expired_total += 1
-            self._run(self.hooks.on_expire, s)
+            self._expired([s])
             return None
         if touch and now > atime:  # _touch(s, now), inlined: this is every request's path
             s.atime = now
