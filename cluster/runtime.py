@@ -13,7 +13,8 @@ What runs here (everything that decides is in the sans-I/O modules):
   ``FWD [hops, cmd, args]`` over a pipelined link per member
   (``cluster/link.py``); a lock that may wait gets a link of its own.
   Errors come back unchanged; a member that cannot be reached gives
-  UNAVAILABLE. Whole-farm commands go to every live member at once.
+  UNAVAILABLE; one shutting down closes its link with BUSY, and what it did
+  not run is routed again. Whole-farm commands go to every live member at once.
 - **Handoff.** When the ring changes, sessions this member holds but no longer
   owns are sent to their new owners (``HANDOFF``) and removed here. A new
   owner asked for a session it lacks, in a partition it took over less than
@@ -633,6 +634,10 @@ class Cluster:
         back from a handoff that failed), and installs the lock that came
         with it (``Node.adopt_lock``). ValueError if malformed (nothing merged)."""
         self._check_state(state)
+        return self._merge_checked(state, now, returned)
+
+    def _merge_checked(self, state: list, now: float, returned: bool = False) -> bool:
+        """``_merge`` of a state ``_check_state`` found well formed."""
         merged = self.node.store.merge_in(state[:8], now)
         if len(state) == 9 and not self.node.adopt_lock(state[0], state[8], returned) and not returned:
             # (a lock is the id's, whatever became of the record; ours back from a failed
@@ -654,12 +659,9 @@ class Cluster:
         except ValueError:
             raise CommandError("BADARG", "malformed session state in HANDOFF") from None
         for state in args[0]:
-            try:
-                if self._merge(state, now):
-                    merged += 1
-                    foreign = foreign or self.ring.owner(state[0]) != self.name
-            except ValueError:
-                raise CommandError("BADARG", "malformed session state in HANDOFF") from None
+            if self._merge_checked(state, now):
+                merged += 1
+                foreign = foreign or self.ring.owner(state[0]) != self.name
         self.counters["sessions_received"] += merged
         if foreign:
             self._handoff_due.set()  # the sender's view was ahead or behind ours: pass them on
