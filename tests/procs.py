@@ -37,6 +37,14 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
+def node_info(node) -> dict:
+    """INFO of one node (its own counters: ``sessions``, ``lock_waiters``, ...)."""
+    from protocol.client import Client
+
+    with Client(nodes=[node.address], timeout=5) as c:
+        return c.info()
+
+
 def run(node, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """``msession ARGS`` (``python -m node.cli``), asking ``node`` (``--node``;
     None: no ``--node``) with our environment minus ``MSESSION_*`` plus ``env``;

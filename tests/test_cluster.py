@@ -22,7 +22,7 @@ import pytest
 
 from cluster import messages as gm
 from cluster.ring import ring_for
-from procs import Farm, wait_for
+from procs import Farm, node_info, wait_for
 from protocol.client import Client, MsessionError
 from protocol.codec import ClientProtocol
 from protocol.constants import PROTOCOL_VERSION, Cmd
@@ -64,8 +64,7 @@ def outcome(fn, *args, **kwargs):
 def info_sessions(farm: Farm) -> dict[str, int]:
     out = {}
     for node in live_nodes(farm):
-        with Client(nodes=[node.address], timeout=5) as c:
-            out[node.name] = c.info()["sessions"]
+        out[node.name] = node_info(node)["sessions"]
     return out
 
 

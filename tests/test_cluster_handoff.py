@@ -19,7 +19,7 @@ import time
 import pytest
 
 from cluster.ring import Ring
-from procs import wait_for
+from procs import node_info, wait_for
 from protocol.client import Client, MsessionError
 from protocol.codec import encode_request
 from protocol.constants import Cmd
@@ -34,11 +34,6 @@ def owned_by(names: list[str], member: str, count: int, tag: str) -> list[str]:
     out = [f"{tag}-{i}" for i in range(20000) if ring.owner(f"{tag}-{i}".encode()) == member]
     assert len(out) >= count
     return out[:count]
-
-
-def local_sessions(node) -> int:
-    with Client(nodes=[node.address]) as c:
-        return c.info()["sessions"]
 
 
 def test_a_dropped_session_does_not_come_back(farms):
@@ -120,14 +115,14 @@ def test_a_locked_session_moves_with_its_lock_and_its_waiters_follow(farms):
         waiter = threading.Thread(target=wait_for_lock)
         waiter.start()
         try:
-            wait_for(lambda: c.info()["lock_waiters"] + second_info(second)["lock_waiters"] == 1, 10,
+            wait_for(lambda: c.info()["lock_waiters"] + node_info(second)["lock_waiters"] == 1, 10,
                      "the second locker to queue")
             joiner = farm.add(name="lk3")
             farm.wait_converged()
             # Handed off, not fetched on demand: nothing has asked for them yet.
-            wait_for(lambda: local_sessions(joiner) == len(moving), 10, "the locked session to move with the rest")
+            wait_for(lambda: node_info(joiner)["sessions"] == len(moving), 10, "the locked session to move with the rest")
             for name, node in holders.items():
-                assert local_sessions(node) == sum(after.owner(s.encode()) == name for s in staying)
+                assert node_info(node)["sessions"] == sum(after.owner(s.encode()) == name for s in staying)
             for node in farm.nodes:
                 with Client(nodes=[node.address]) as cn:
                     assert [cn.get(s, "v") for s in moving + staying] == [s.encode() for s in moving + staying]
@@ -158,11 +153,6 @@ def test_a_locked_session_moves_with_its_lock_and_its_waiters_follow(farms):
         assert c.lock(moving[0], wait=0)
 
 
-def second_info(node) -> dict:
-    with Client(nodes=[node.address]) as c:
-        return c.info()
-
-
 MAX_FRAME = 1024 * 1024
 
 
@@ -181,12 +171,12 @@ def test_more_than_a_frame_of_sessions_and_a_session_bigger_than_a_frame_move(fa
             c.set_array(big, dict(items[i:i + 20]))
         joiner = farm.add(name="bg3")
         farm.wait_converged()
-        wait_for(lambda: local_sessions(joiner) == len(moving), 20, "every session to reach the joiner")
+        wait_for(lambda: node_info(joiner)["sessions"] == len(moving), 20, "every session to reach the joiner")
         for node in farm.nodes:
             with Client(nodes=[node.address]) as cn:
                 assert all(cn.getdata(sid) == data[sid] for sid in moving)
                 assert cn.get_array(big) == {k: v for k, v in big_vars.items()}
-        assert sum(local_sessions(n) for n in farm.nodes) == len(moving)
+        assert sum(node_info(n)["sessions"] for n in farm.nodes) == len(moving)
 
 
 def test_requests_at_the_limits_go_through_any_member(farms):
@@ -308,12 +298,12 @@ def test_lockers_waiting_on_or_through_a_member_that_leaves_wait_on_elsewhere(fa
         for t in threads:
             t.start()
         try:
-            wait_for(lambda: second_info(m1)["lock_waiters"] + second_info(m2)["lock_waiters"] == 2, 10,
+            wait_for(lambda: node_info(m1)["lock_waiters"] + node_info(m2)["lock_waiters"] == 2, 10,
                      "both lockers to wait")
             assert m1.stop(signal.SIGTERM) == 0  # (within the launcher's 10 s: not killed)
             farm.nodes.remove(m1)
             assert "Traceback" not in m1.read_log(), m1.read_log()
-            wait_for(lambda: second_info(m2)["lock_waiters"] == 2, 15, "both lockers to wait on m2")
+            wait_for(lambda: node_info(m2)["lock_waiters"] == 2, 15, "both lockers to wait on m2")
             assert got == {}
             for sid, key in keys.items():
                 assert holder.unlock(sid, key) == key

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -29,8 +28,7 @@ import pytest
 
 from node.farm import child_env, die_with_parent
 from cluster.ring import Ring
-from procs import ROOT, NodeProcess, wait_for
-from protocol.client import Client
+from procs import ROOT, NodeProcess, node_info, wait_for
 
 from bench.php_farm import PhpServer as BenchPhpServer  # noqa: E402
 
@@ -208,12 +206,16 @@ def test_farm_merge_mode_concurrent_requests_to_different_keys_lose_nothing(farm
 
 
 @contextmanager
-def ajax_load(servers, sids: list[str], burst: int = 4, max_rounds: int = 400):
-    """AJAX bursts from each user (session) while the block runs: ``burst``
-    requests at once, alternating web servers, each incrementing the session's
-    counter in lock mode and holding the lock 30 ms. Afterwards it checks that
-    a few rounds ran, that every update counted once, and that no request warned."""
+def ajax_load(servers, sids: list[str]):
+    """AJAX bursts from each user (session) while the block runs: 4 requests
+    at once, alternating web servers, each incrementing the session's counter
+    in lock mode and holding the lock 30 ms. Yields ``more(n)``, which returns
+    once n more rounds of bursts have been answered (so a farm change happens
+    under load). Afterwards it checks that every update counted once and that
+    no request warned."""
+    burst, max_rounds = 4, 400
     answers = {sid: [1] for sid in sids}
+    done = [0]
     stop = threading.Event()
 
     def ajax(sid: str, i: int) -> int:
@@ -228,16 +230,21 @@ def ajax_load(servers, sids: list[str], burst: int = 4, max_rounds: int = 400):
                 for sid, f in futures:
                     answers[sid].append(f.result(timeout=60))
                 rounds += 1
+                done[0] = rounds
             return rounds
+
+        def more(n: int) -> None:
+            target = done[0] + n
+            wait_for(lambda: done[0] >= target or driver.done(), 60, f"{n} more rounds of AJAX bursts")
+            assert not driver.done() or driver.exception() is None, driver.exception()
 
         driver = pool.submit(drive)
         try:
-            yield answers
+            yield more
         finally:
             stop.set()
-            rounds = driver.result(timeout=120)
+            driver.result(timeout=120)
     log = b"".join(s.log for s in servers).decode(errors="replace")
-    assert rounds >= 3
     for sid, values in answers.items():
         assert sorted(values) == list(range(1, len(values) + 1)), f"{sid}: {sorted(values)}\n{log}"
     assert "Warning" not in log and "Fatal" not in log, log
@@ -257,21 +264,16 @@ def test_farm_lock_mode_loses_nothing_while_a_member_joins_and_leaves(farms):
         moving = [sid for sid in made if later.owner(sid.encode()) == "pj3"]
         assert len(moving) >= users // 2  # (about 20 expected)
         sids = moving[: users // 2] + [sid for sid in made if sid not in moving][: users - users // 2]
-        with ajax_load(servers, sids):
-            time.sleep(0.5)
+        with ajax_load(servers, sids) as more:
+            more(2)
             joiner = farm.add(name="pj3")
             farm.wait_converged()
-            wait_for(lambda: local_sessions(joiner) > 0, 10, "sessions to move to the new member")
-            time.sleep(1.0)
+            wait_for(lambda: node_info(joiner)["sessions"] > 0, 10, "sessions to move to the new member")
+            more(2)
             joiner.stop(signal.SIGTERM)
             farm.nodes.remove(joiner)
             farm.wait_converged()
-            time.sleep(0.5)
-
-
-def local_sessions(node) -> int:
-    with Client(nodes=[node.address]) as c:
-        return c.info()["sessions"]
+            more(2)
 
 
 def test_farm_lock_mode_loses_nothing_in_a_rolling_restart(farms):
@@ -282,12 +284,12 @@ def test_farm_lock_mode_loses_nothing_in_a_rolling_restart(farms):
     farm = farms(3, prefix="pr")
     with web_farm(list(farm.addresses), "lock") as servers:
         sids = [get(servers[0], None, key="n")["sid"] for _ in range(6)]
-        with ajax_load(servers, sids):
+        with ajax_load(servers, sids) as more:
             for old in list(farm.nodes):
-                time.sleep(0.3)
+                more(2)
                 old.stop(signal.SIGTERM)
                 farm.nodes.remove(old)
                 farm.wait_converged()
                 farm.add("--port", str(old.port), name=old.name)
                 farm.wait_converged()
-            time.sleep(0.3)
+            more(2)

@@ -71,9 +71,13 @@ async def test_a_request_sent_as_the_node_drains_is_answered_busy_not_lost(nurse
     nursery.start_soon(server.drain, 10)
     await stream.send_all(encode_request(2, Cmd.CREATE, [b"x"]))  # may cross the node's BUSY
     answers = await read_answers(stream, 1)
-    assert answers[0].id in (None, 2)
+    created = server.node.store.get(b"x", server.clock()) is not None
     if answers[0].id is None:  # closed first: the CREATE did not run
-        assert server.node.store.get(b"x", server.clock()) is None
+        assert not created and answers[0].code == int(Err.BUSY)
+    else:  # it ran, was answered, and then the connection closed with BUSY
+        assert answers[0].id == 2 and answers[0].ok and created
+        [bye] = await read_answers(stream, 1)
+        assert bye.id is None and bye.code == int(Err.BUSY)
 
 
 async def test_a_link_to_a_member_shutting_down_says_the_request_did_not_run(nursery):
