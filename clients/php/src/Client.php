@@ -4,7 +4,7 @@ declare(strict_types=1);
 namespace Msession;
 
 // Compiled to opcodes (not namespace-resolved calls) when imported.
-use function array_key_exists, array_slice, count, in_array, is_array, is_int, is_resource, is_string, strlen;
+use function array_key_exists, array_slice, count, is_array, is_int, is_resource, is_string, strlen;
 
 /**
  * A blocking client for one or more msession nodes.
@@ -406,7 +406,36 @@ final class Client
 
     private static function isBusy(array $answer): bool
     {
-        return $answer[0] !== 1 && is_array($answer[1]) && ($answer[1][0] ?? null) === 17;
+        return $answer[0] !== 1 && is_array($answer[1]) && ($answer[1][0] ?? null) === Protocol::ERR_BUSY;
+    }
+
+    /**
+     * A connection-level error answer $err (nil id) came after $answers of a
+     * batch of $expected requests (no I/O): null for BADHDR (the connection
+     * goes on); for a BUSY after some answers, the batch's answers with a
+     * BUSY for each request left (a node shutting down answers what it ran,
+     * then BUSY: the rest did not run, and busyRetried() sends it again);
+     * else it throws: NotExecuted for BUSY or TIMEOUT before any answer
+     * (answers come in order: none of ours ran), $err otherwise.
+     * @internal public for its unit test
+     */
+    public static function closedWith(MsessionException $err, array $answers, int $expected): ?array
+    {
+        $name = $err->getErrorName();
+        if ($name === 'BADHDR') {
+            return null;
+        }
+        if (!$answers && ($name === 'BUSY' || $name === 'TIMEOUT')) {
+            throw new NotExecuted($err);
+        }
+        if ($name !== 'BUSY') {
+            throw $err;
+        }
+        for ($i = 0; $i < $expected; $i++) {
+            $answers[$i] ??= [0, [Protocol::ERR_BUSY, $err->getDetail()]];
+        }
+        ksort($answers);
+        return $answers;
     }
 
     /** One exchange of the batch: to the session's owner when routing, else (or if that fails) to the nodes. */
@@ -418,7 +447,11 @@ final class Client
             $error = null;
             if ($this->attach($owner, $error)) {
                 try {
-                    return $this->roundTrip($requests, $timeout);
+                    $answers = $this->roundTrip($requests, $timeout);
+                    if ($this->sock === null) {
+                        $this->ownerDown($owner);  // it closed with BUSY after some answers: it stops
+                    }
+                    return $answers;
                 } catch (NotExecuted | ConnectionFailed | MsessionException $e) {
                     $this->drop();
                     if ($e instanceof ConnectionFailed) {
@@ -443,7 +476,11 @@ final class Client
         while (true) {
             $this->connect();
             try {
-                return $this->roundTrip($requests, $timeout);
+                $answers = $this->roundTrip($requests, $timeout);
+                if ($this->sock === null) {
+                    $this->failedOver();  // it closed with BUSY after some answers: the rest goes to the next node first
+                }
+                return $answers;
             } catch (NotExecuted | ConnectionFailed | MsessionException $e) {
                 $this->drop();  // (a connection-level error answer too: the node closes the connection)
                 if (!self::afterFailure($e, $requests, $nodesLeft, $sameNodeRetries)) {
@@ -703,27 +740,12 @@ final class Client
                     }
                 } elseif ($mid === null && $status === 0) {
                     $err = MsessionException::fromCode((int)($result[0] ?? 15), (string)($result[1] ?? ''));
-                    if ($err->getErrorName() === 'BADHDR') {
-                        continue;  // the connection goes on
+                    $closed = self::closedWith($err, $answers, $expected);
+                    if ($closed === null) {
+                        continue;  // BADHDR: the connection goes on
                     }
-                    if (!$answers && in_array($err->getErrorName(), ['BUSY', 'TIMEOUT'], true)) {
-                        throw new NotExecuted($err);  // answers come in order: none of ours ran
-                    }
-                    if ($err->getErrorName() === 'BUSY') {
-                        // A node shutting down answers what it ran, then BUSY: the rest
-                        // did not run. Each gets a BUSY answer (sent again elsewhere:
-                        // busyRetried()), and the connection is done.
-                        for ($i = 0; $i < $expected; $i++) {
-                            $answers[$i] ??= [0, [17, $err->getDetail()]];
-                        }
-                        ksort($answers);
-                        if ($this->addr === $this->targets[$this->current]) {
-                            $this->failedOver();  // the rest goes to the next node first
-                        }
-                        $this->drop();
-                        return $answers;
-                    }
-                    throw $err;
+                    $this->drop();  // the node closed it: callers see no socket and look elsewhere first
+                    return $closed;
                 }
             }
             if ($pos > 0) {

@@ -20,6 +20,8 @@ final class Protocol
 {
     public const VERSION = 1;
     public const DEFAULT_PORT = 8086;
+    /** The error code BUSY (MsessionException::NAMES[17]): a request that did not run. */
+    public const ERR_BUSY = 17;
     /** A node's max_frame (bytes of a frame after its length) unless its HELLO says otherwise */
     public const DEFAULT_MAX_FRAME = 4 * 1024 * 1024;
 

@@ -326,6 +326,32 @@ final class ClientTest extends TestCase
         }
     }
 
+    public function testWhatAConnectionLevelErrorAnswerMeans(): void
+    {
+        $busy = MsessionException::fromCode(Protocol::ERR_BUSY, 'node is shutting down');
+        $this->assertNull(Client::closedWith(MsessionException::fromCode(9, 'bad header'), [], 3), 'BADHDR: goes on');
+        foreach ([$busy, MsessionException::fromCode(18, 'idle')] as $err) {
+            try {
+                Client::closedWith($err, [], 2);
+                $this->fail('nothing answered: nothing ran');
+            } catch (NotExecuted $e) {
+                $this->assertSame($err, $e->error);
+            }
+        }
+        $this->assertSame(
+            [[1, 'PONG'], [0, [17, 'node is shutting down']], [0, [17, 'node is shutting down']]],
+            Client::closedWith($busy, [[1, 'PONG']], 3),
+            'BUSY after some answers: the rest did not run'
+        );
+        $timeout = MsessionException::fromCode(18, 'idle');
+        try {
+            Client::closedWith($timeout, [[1, 'PONG']], 3);
+            $this->fail('TIMEOUT after some answers: thrown as is');
+        } catch (MsessionException $e) {
+            $this->assertSame($timeout, $e);
+        }
+    }
+
     public function testAfterANodeClosesWithBusyTheRestOfTheBatchGoesElsewhere(): void
     {
         // The first request ran on the node that shuts down (answered), the
