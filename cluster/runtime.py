@@ -603,45 +603,15 @@ class Cluster:
             # Ours under our view: the asker's view is ahead of ours. Not ours
             # to give yet, and not its to serve: it answers BUSY and retries.
             raise CommandError("BUSY", f"member {self.name} still owns the session in its view")
-        state = self._export_moving(s)
+        state = self.node.export_moving(s)
         self.counters["sessions_handed_off"] += 1
         self._given.add(sid, state, trio.current_time())
         return state
 
-    def _export_moving(self, s) -> list:
-        """The state of a session leaving for another member, removed from
-        here with its lock (never two holders): the store's state, plus
-        ``[key, lease_ms left, moves]`` when it is locked
-        (``Node.give_up_lock``, which sends its waiters after it)."""
-        state = self.node.store.export(s)
-        self.node.store.take(s.sid)
-        lock = self.node.give_up_lock(s.sid)
-        if lock is not None:
-            state.append(lock)
-        return state
-
-    def _check_state(self, state: Any) -> None:
-        """ValueError unless ``state`` is a session state from another member:
-        the store's, maybe followed by its lock (``Node.check_lock``)."""
-        if type(state) is not list or len(state) not in (8, 9):
-            raise ValueError("malformed session state")
-        self.node.store.check_state(state[:8])
-        if len(state) == 9:
-            self.node.check_lock(state[8])
-
-    def _merge(self, state: Any, now: float, returned: bool = False) -> bool:
-        """Merges a session state from another member (``returned``: ours,
-        back from a handoff that failed), and installs the lock that came
-        with it (``Node.adopt_lock``). ValueError if malformed (nothing merged)."""
-        self._check_state(state)
-        return self._merge_checked(state, now, returned)
-
-    def _merge_checked(self, state: list, now: float, returned: bool = False) -> bool:
-        """``_merge`` of a state ``_check_state`` found well formed."""
-        merged = self.node.store.merge_in(state[:8], now)
-        if len(state) == 9 and not self.node.adopt_lock(state[0], state[8], returned) and not returned:
-            # (a lock is the id's, whatever became of the record; ours back from a failed
-            # handoff is not taken only when its lease ended meanwhile)
+    def _merge(self, state: Any, now: float, returned: bool = False, checked: bool = False) -> bool:
+        """``Node.merge_moving``, counting and logging a lock not taken."""
+        merged, lock_taken = self.node.merge_moving(state, now, returned, checked)
+        if not lock_taken and not returned:  # (ours back from a failed handoff: its lease ended meanwhile)
             self.counters["locks_not_adopted"] += 1
             self._log.info("a lock that came with session %r was not taken: held here by another key, "
                            "or a late copy of one that ended here", state[0])
@@ -655,11 +625,11 @@ class Cluster:
         now, merged, foreign = self.clock(), 0, False
         try:
             for state in args[0]:
-                self._check_state(state)  # all of them first: a malformed one merges nothing
+                self.node.check_moving(state)  # all of them first: a malformed one merges nothing
         except ValueError:
             raise CommandError("BADARG", "malformed session state in HANDOFF") from None
         for state in args[0]:
-            if self._merge_checked(state, now):
+            if self._merge(state, now, checked=True):
                 merged += 1
                 foreign = foreign or self.ring.owner(state[0]) != self.name
         self.counters["sessions_received"] += merged
@@ -691,7 +661,7 @@ class Cluster:
                 for sid in batch:
                     s = store.get(sid, self.clock(), touch=False)
                     if s is not None:
-                        states.append(self._export_moving(s))  # gone from here before it exists there
+                        states.append(self.node.export_moving(s))  # gone from here before it exists there
                         self._moving[sid] = states[-1]  # but a TAKE meanwhile still finds it
                 if not states:
                     continue

@@ -480,6 +480,40 @@ class Node:
 
     # -- time ----------------------------------------------------------------
 
+    # -- sessions moving between farm members (cluster/runtime.py moves the bytes)
+
+    def export_moving(self, s) -> list:
+        """The state of session ``s`` leaving for another member, removed from
+        here with its lock (never two holders): the store's state, plus
+        ``[key, lease_ms left, moves]`` when it is locked (``give_up_lock``,
+        which sends its waiters after it)."""
+        state = self.store.export(s)
+        self.store.take(s.sid)
+        lock = self.give_up_lock(s.sid)
+        if lock is not None:
+            state.append(lock)
+        return state
+
+    def check_moving(self, state: Any) -> None:
+        """ValueError unless ``state`` is a session state from another member:
+        the store's, maybe followed by its lock (``check_lock``)."""
+        if type(state) is not list or len(state) not in (8, 9):
+            raise ValueError("malformed session state")
+        self.store.check_state(state[:8])
+        if len(state) == 9:
+            self.check_lock(state[8])
+
+    def merge_moving(self, state: Any, now: float, returned: bool = False, checked: bool = False) -> tuple[bool, bool]:
+        """Merges a session state from another member (``returned``: ours,
+        back from a handoff that failed; ``checked``: ``check_moving`` passed
+        already) and installs the lock that came with it (a lock is the id's,
+        whatever became of the record): (merged, and no lock came or it was
+        taken). ValueError if malformed (nothing merged)."""
+        if not checked:
+            self.check_moving(state)
+        merged = self.store.merge_in(state[:8], now)
+        return merged, len(state) == 8 or self.adopt_lock(state[0], state[8], returned)
+
     def give_up_lock(self, sid: bytes) -> list[int] | None:
         """``sid``'s lock, taken out as the session moves to another member
         (``LockTable.give_up``): ``[key, lease_ms left, moves]`` or None. Its
