@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -306,7 +307,8 @@ def phase(ports, kind: str, seconds: float) -> dict:
             list(users.map(lambda _: burst_user(ports, seconds, tally, pool), range(BURST_USERS)))
     elapsed = time.monotonic() - t
     lat = sorted(tally.latencies)
-    return {"req_s": len(lat) / elapsed, "p50_ms": 1000 * percentile(lat, 0.50), "p99_ms": 1000 * percentile(lat, 0.99),
+    ms = (lambda q: 1000 * percentile(lat, q)) if lat else (lambda q: math.nan)  # no request: no latency, not 0 ms
+    return {"req_s": len(lat) / elapsed, "p50_ms": ms(0.50), "p99_ms": ms(0.99),
             "errors": tally.errors, "violations": tally.violations, "requests": len(lat)}
 
 
